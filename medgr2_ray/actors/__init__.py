@@ -1,0 +1,1 @@
+"""medgr2_ray.actors: see the package layout in README.md."""

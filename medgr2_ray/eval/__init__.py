@@ -1,0 +1,1 @@
+"""medgr2_ray.eval: see the package layout in README.md."""

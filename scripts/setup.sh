@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install medgr2_ray with its dev extras.
+# torch==2.13.0 goes in first: it is the local CPU wheel; a bare "torch" would pull a multi-GB CUDA build.
+# Idempotent and fast on a second run: a stamp records the hash of pyproject.toml that was installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then PY=$(command -v python3.11 || command -v python3); fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.medgr2-installed
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
