@@ -218,3 +218,21 @@ class FlatWeights:
     def num_bytes(self) -> int:
         """Total bytes of all buffers."""
         return int(sum(b.nbytes for b in self.buffers.values()))
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """A supervised example: the prompt (with images) and the target completion text."""
+
+    request: GenerationRequest
+    target: str
+
+
+@dataclass(frozen=True)
+class RewardExample:
+    """A reward-model training example: a rendered (image, question, answer) prompt and its graded
+    target score (10 faithful, 6 perturbed, 0 incoherent, -6 irrelevant by default)."""
+
+    request: GenerationRequest
+    target: float
+    kind: str  # "faithful" | "perturbed" | "incoherent" | "irrelevant" | "policy"
