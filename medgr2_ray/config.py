@@ -144,6 +144,8 @@ class LearnerConfig(_Section):
     """Linear warm-up steps."""
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     """Learning-rate schedule after warm-up."""
+    schedule_steps: int = Field(1000, ge=1)
+    """Total optimizer steps of the schedule: cosine/linear decay to 0 at this step (unused by constant)."""
     max_grad_norm: float = Field(1.0, gt=0.0)
     """Gradient clipping norm."""
     micro_batch_size: int = Field(8, ge=1)
