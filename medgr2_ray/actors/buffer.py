@@ -1,0 +1,149 @@
+"""RolloutBuffer: the bounded, versioned queue of scored groups between the scorers and the learner.
+
+One instance runs as a named Ray actor (`ray.remote(RolloutBuffer)`; the dashboard shows the class name).
+Every entry keeps the weight version that produced it; `take` hands the learner the oldest groups whose
+staleness (learner version - group version) is within `max_staleness` and drops older ones, counting and
+naming every dropped group. The buffer is bounded: a `put` that would exceed the capacity is refused as a
+whole with `BufferFull` (the controller's back-pressure should make that impossible, so it is a loud bug,
+not a silent drop). A group id is accepted once per run: duplicates are refused and counted, so a
+re-issued request can never be trained twice. `save`/`load` persist it (JSON + safetensors, no pickle).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from medgr2_ray.actors.persist import load_messages, save_messages
+from medgr2_ray.metrics import BUFFER_DEPTH, GROUPS_DROPPED_STALE, Metrics
+from medgr2_ray.types import ScoredGroup, TrainBatch
+
+
+class BufferFull(RuntimeError):
+    """A put would exceed the buffer's capacity (the producer ignored back-pressure)."""
+
+
+@dataclass(frozen=True)
+class PutReceipt:
+    """What a `put` did: the versions of the accepted groups and the ids refused as duplicates."""
+
+    accepted_versions: tuple[int, ...]
+    duplicate_ids: tuple[str, ...]
+    depth: int
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    """Counters since the run started (restored on resume) and the current contents by version."""
+
+    capacity: int
+    depth: int
+    versions: tuple[int, ...]  # weight version of each buffered group, oldest first
+    accepted: int
+    taken: int
+    dropped_stale: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class TakeResult:
+    """A batch for the learner plus the ids of groups dropped as too stale while taking it."""
+
+    batch: TrainBatch
+    dropped_stale_ids: tuple[str, ...]
+
+    @property
+    def group_ids(self) -> tuple[str, ...]:
+        """Ids of the groups in the batch."""
+        return tuple(g.group_id for g in self.batch.groups)
+
+
+class RolloutBuffer:
+    """Bounded FIFO of `ScoredGroup`s tagged with weight versions (see the module docstring)."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"RolloutBuffer capacity must be >= 1, got {capacity} (grpo.buffer_size)")
+        self.capacity = capacity
+        self._queue: deque[ScoredGroup] = deque()
+        self._seen: set[str] = set()
+        self._taken = 0
+        self._dropped_stale: list[str] = []
+        self._duplicates: list[str] = []
+        self._metrics = Metrics()
+
+    def put(self, groups: list[ScoredGroup]) -> PutReceipt:
+        """Append groups (all or none); refuse ids seen before; raise `BufferFull` past capacity."""
+        fresh = [g for g in groups if g.group_id not in self._seen]
+        dup_ids = tuple(g.group_id for g in groups if g.group_id in self._seen)
+        if len({g.group_id for g in fresh}) != len(fresh):
+            raise ValueError("RolloutBuffer.put: one call holds the same group id twice")
+        if len(self._queue) + len(fresh) > self.capacity:
+            raise BufferFull(
+                f"RolloutBuffer holds {len(self._queue)}/{self.capacity}; refusing {len(fresh)} more groups "
+                "(the producer must wait for the learner: raise grpo.buffer_size or lower the pool size)"
+            )
+        self._queue.extend(fresh)
+        self._seen.update(g.group_id for g in fresh)
+        self._duplicates.extend(dup_ids)
+        self._metrics.record(BUFFER_DEPTH, len(self._queue))
+        return PutReceipt(tuple(g.weight_version for g in fresh), dup_ids, len(self._queue))
+
+    def take(self, n: int, learner_version: int, max_staleness: int) -> TakeResult:
+        """The oldest `n` fresh groups (fewer if fewer exist), after dropping every too-stale one.
+
+        The batch is ordered by group id, not arrival, so that which actor finished first cannot change
+        the learner's summation order (the synchronous mode is then reproducible run to run).
+        """
+        dropped = [g.group_id for g in self._queue if learner_version - g.weight_version > max_staleness]
+        if dropped:
+            self._queue = deque(g for g in self._queue if learner_version - g.weight_version <= max_staleness)
+            self._dropped_stale.extend(dropped)
+            self._metrics.record(GROUPS_DROPPED_STALE, len(dropped))
+        chosen = [self._queue.popleft() for _ in range(min(n, len(self._queue)))]
+        self._taken += len(chosen)
+        self._metrics.record(BUFFER_DEPTH, len(self._queue))
+        chosen.sort(key=lambda g: g.group_id)
+        return TakeResult(TrainBatch(tuple(chosen), learner_version), tuple(dropped))
+
+    def stats(self) -> BufferStats:
+        """Current depth and versions, and run-long counters."""
+        return BufferStats(
+            capacity=self.capacity,
+            depth=len(self._queue),
+            versions=tuple(g.weight_version for g in self._queue),
+            accepted=len(self._seen),
+            taken=self._taken,
+            dropped_stale=len(self._dropped_stale),
+            duplicates=len(self._duplicates),
+        )
+
+    def dropped_ids(self) -> tuple[str, ...]:
+        """Every group id dropped as stale so far (for the no-loss accounting)."""
+        return tuple(self._dropped_stale)
+
+    def save(self, path: str) -> str:
+        """Persist contents and counters to `path`.json/.safetensors; returns `path`."""
+        save_messages(path, {
+            "capacity": self.capacity,
+            "queue": list(self._queue),
+            "seen": sorted(self._seen),
+            "taken": self._taken,
+            "dropped_stale": list(self._dropped_stale),
+            "duplicates": list(self._duplicates),
+        })
+        return path
+
+    def load(self, path: str) -> BufferStats:
+        """Replace the state with what `save(path)` wrote (the capacity stays this instance's)."""
+        state = load_messages(Path(path))
+        queue = list(state["queue"])
+        if len(queue) > self.capacity:
+            raise BufferFull(f"'{path}' holds {len(queue)} groups but grpo.buffer_size is {self.capacity}")
+        self._queue = deque(queue)
+        self._seen = set(state["seen"])
+        self._taken = int(state["taken"])
+        self._dropped_stale = list(state["dropped_stale"])
+        self._duplicates = list(state["duplicates"])
+        return self.stats()
