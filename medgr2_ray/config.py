@@ -235,6 +235,23 @@ class DataConfig(_Section):
     """Images with more pixels are refused at ingestion (decompression bombs)."""
 
 
+class LoopConfig(_Section):
+    """The asynchronous GRPO loop: batching, autoscaling signals, checkpoints."""
+
+    requests_per_call: int = Field(4, ge=1)
+    """Prompts sent to a rollout actor in one `generate` call (weights are picked up between calls)."""
+    scale_up_wait_s: float = Field(0.5, ge=0.0)
+    """Grow the rollout pool when the learner waited longer than this for one step's data."""
+    scale_down_fill: float = Field(0.9, gt=0.0, le=1.0)
+    """Shrink the rollout pool when the buffer is at least this full ..."""
+    scale_patience: int = Field(2, ge=1)
+    """... for this many consecutive observations (and grow after this many long waits)."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Checkpoint the learner, buffer and data cursor every N steps (0: only at the end)."""
+    poll_s: float = Field(0.5, gt=0.0)
+    """Longest the controller sleeps waiting for any actor before re-checking scaling."""
+
+
 class Config(_Section):
     """The whole system's configuration."""
 
@@ -259,6 +276,8 @@ class Config(_Section):
     graded: GradedDataConfig = GradedDataConfig()
     selection: SelectionConfig = SelectionConfig()
     data: DataConfig = DataConfig()
+    loop: LoopConfig = LoopConfig()
+    """The asynchronous GRPO loop (actors/, loop/controller.py)."""
 
 
 class ConfigError(ValueError):
