@@ -8,7 +8,8 @@ with the reward-model score R in [r_min, r_max] = [-6, 10] mapped linearly onto 
 Answer extraction is shared with evaluation scoring (eval/scoring.py), so training and evaluation
 judge an answer the same way. It understands, in this order: the last `<answer>...</answer>` block,
 else whatever follows the last `</think>`; then an option letter ("B", "(B)", "B. Microscopy",
-"The answer is B"), the text of an option (exactly or as the one option named in the answer), yes/no,
+"The answer is B"), the text of an option (exactly, as the one option named in the answer, or as the
+one option that contains the answer: "MRI" -> "Magnetic Resonance Imaging (MRI)"), yes/no,
 and finally normalised free text (lower case, no punctuation, single spaces).
 """
 
@@ -91,6 +92,9 @@ def extract_answer(text: str, options: Sequence[str]) -> str | None:
     named = _named_option(span_norm, options)
     if named is not None:
         return named
+    contained = [o for o in options if span_norm and f" {span_norm} " in f" {normalize_text(o)} "]
+    if len(contained) == 1:  # "MRI" for "Magnetic Resonance Imaging (MRI)": the one option it abbreviates
+        return contained[0]
     first = span_norm.split(" ", 1)[0] if span_norm else ""
     if first in ("yes", "no"):  # "Yes, there is an effusion." -> the Yes option
         for option in options:

@@ -55,6 +55,10 @@ def test_extract_yes_no_and_free_text() -> None:
     assert extract_answer("  Left   Lung! ", ()) == "left lung"
     assert extract_answer("<think>hmm</think><answer>Yes.</answer>", ()) == "yes"
     assert extract_answer("...", ()) is None
+    # an answer that is part of exactly one option names it; part of several names none
+    mod = ("Microscopy", "Magnetic Resonance Imaging (MRI)", "CT scan", "PET scan")
+    assert extract_answer("MRI", mod) == "Magnetic Resonance Imaging (MRI)"
+    assert extract_answer("scan", mod) is None
     # an option that itself looks like a letter is matched by its text first
     assert extract_answer("A", ("B", "A")) == "A"
 
