@@ -1,1 +1,8 @@
-"""medgr2_ray.algo: see the package layout in README.md."""
+"""medgr2_ray.algo: the mathematics of MedGR² and GRPO as pure, tested functions (no Ray, no models).
+
+advantages  group-relative advantages, dynamic sampling
+losses      GRPO policy loss (clip-higher, dual-clip truncation, KL k1/k2/k3), SFT, reward regression
+rewards     answer extraction, accuracy/format rewards, the combined alpha*norm(R) + beta*acc reward
+perturb     the reward model's graded data (faithful 10 / perturbed 6 / incoherent 0 / irrelevant -6)
+selection   tau, top-K, balance over (modality, task), near-duplicate removal
+"""

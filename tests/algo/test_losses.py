@@ -257,6 +257,10 @@ def test_sft_loss_shift_and_mask_by_hand() -> None:
     # position 1 predicts token 2 (p=0.8); position 2 predicts token 1 (p=0.3)
     assert loss.item() == pytest.approx(-(math.log(0.8) + math.log(0.3)) / 2, rel=1e-6)
     assert m["tokens"] == 2 and m["token_accuracy"] == 0.5
+    # prompt/image positions (whose next token is masked) and the last position get no gradient
+    logits = logits.clone().requires_grad_(True)
+    sft_loss(logits, labels, mask)[0].backward()
+    assert bool((logits.grad[0, [0, 3]] == 0).all()) and bool((logits.grad[0, [1, 2]] != 0).any(dim=-1).all())
 
 
 def test_sft_loss_ignores_pad_labels_and_accumulates_with_normalizer() -> None:
