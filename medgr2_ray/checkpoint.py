@@ -137,11 +137,26 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    commit_directory(tmp, final)
+
+
+def staging_directory(final: str | Path) -> Path:
+    """A fixed sibling name where several ranks can write one checkpoint before `commit_directory`.
+
+    Unlike `atomic_directory`'s random name, every rank computes the same path without talking.
+    """
+    final = Path(final)
+    return final.with_name(f".{final.name}.staging")
+
+
+def commit_directory(staged: str | Path, final: str | Path) -> None:
+    """Replace `final` by the complete directory `staged` (the old one is removed only afterwards)."""
+    staged, final = Path(staged), Path(final)
     old = final.with_name(f".{final.name}.old")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
-    os.replace(tmp, final)
+    os.replace(staged, final)
     _fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 

@@ -1,1 +1,6 @@
-"""medgr2_ray.learner: see the package layout in README.md."""
+"""medgr2_ray.learner: training without Ray — log-probs, micro-batching, strategies (torch / DeepSpeed
+ZeRO), the policy learner (GRPO, SFT) and the reward-model learner, weight export and checkpoints.
+
+A Ray `LearnerActor` builds one learner per rank (after initialising torch.distributed) and calls its
+step methods; nothing in here imports Ray.
+"""
