@@ -1,0 +1,225 @@
+"""The bundled seed pool: real medical images that our Python dependencies ship, built offline.
+
+Sources: pydicom's and pydicom-data's DICOM test files (CT, MR, computed radiography, ultrasound,
+nuclear medicine), scikit-image's sample images (fundus photograph, immunohistochemistry, quantitative
+phase microscopy) and nibabel's test volumes (brain MR, NIfTI). Every DICOM goes through the same
+de-identifying ingestion as user data. Larger images contribute square crops and multi-frame files
+several frames, to reach a few hundred images from a few dozen studies; crops and frames keep their
+study id, so `split_by_study` never puts two views of one study on both sides.
+
+`ensure_seed_pool(cache_dir)` builds it once (into a temporary directory renamed into place, so
+concurrent callers never see half a pool) and reuses it. The build is deterministic: same inputs,
+same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from medgr2_ray.data.ingest import IngestError, IngestOptions, decode_bytes
+from medgr2_ray.data.deid import hash_text
+from medgr2_ray.data.store import POOL_FILE, PoolWriter, load_pool
+from medgr2_ray.types import Modality
+
+SEED_POOL_VERSION = "v1"
+# The seed pool is built from public test files; a fixed salt keeps its ids reproducible everywhere.
+_SEED_SALT = b"medgr2-seed-pool-" + SEED_POOL_VERSION.encode()
+
+_PYDICOM_LICENCE = "pydicom test data (pydicom, MIT); originals from NEMA WG04/GDCM/public samples"
+_PYDICOM_DATA_LICENCE = "pydicom-data (MIT); see the package for each file's origin"
+_CQ500_LICENCE = "pydicom-data (MIT); slice from the CQ500 head-CT collection (CC BY-NC-SA 4.0)"
+_SKIMAGE_CC0 = "scikit-image sample data, CC0 1.0"
+_NIBABEL_LICENCE = "nibabel test data (nibabel, MIT)"
+
+
+@dataclass(frozen=True)
+class SeedSource:
+    """One file of the seed pool and what we know about it (the DICOM header may not say)."""
+
+    package: str  # "pydicom" | "skimage" | "nibabel"
+    filename: str
+    modality: Modality
+    anatomy: str
+    licence: str
+    crops: int = 0  # extra square crops taken from the first image of the file
+    max_frames: int = 4
+    max_side: int = 512  # stored size; the 1024x256 whole-body scan keeps its full height
+
+
+SOURCES: tuple[SeedSource, ...] = (
+    SeedSource("pydicom", "CT_small.dcm", Modality.CT, "abdomen", _PYDICOM_LICENCE, crops=3),
+    SeedSource("pydicom", "693_UNCR.dcm", Modality.CT, "head", _CQ500_LICENCE, crops=8),
+    SeedSource("pydicom", "eCT_Supplemental.dcm", Modality.CT, "head", _PYDICOM_LICENCE, crops=2),
+    SeedSource("pydicom", "J2K_pixelrep_mismatch.dcm", Modality.CT, "head", _PYDICOM_LICENCE, crops=6),
+    SeedSource("pydicom", "explicit_VR-UN.dcm", Modality.CT, "abdomen", _PYDICOM_LICENCE, crops=8),
+    SeedSource("pydicom", "MR_small.dcm", Modality.MR, "head", _PYDICOM_LICENCE, crops=2),
+    SeedSource("pydicom", "MR2_UNCR.dcm", Modality.MR, "shoulder", _PYDICOM_DATA_LICENCE, crops=10),
+    SeedSource("pydicom", "emri_small.dcm", Modality.MR, "head", _PYDICOM_DATA_LICENCE, max_frames=10),
+    SeedSource("pydicom", "MR-SIEMENS-DICOM-WithOverlays.dcm", Modality.MR, "abdomen",
+               _PYDICOM_DATA_LICENCE, crops=8),
+    SeedSource("nibabel", "anatomical.nii", Modality.MR, "brain", _NIBABEL_LICENCE),
+    SeedSource("nibabel", "example4d.nii.gz", Modality.MR, "brain", _NIBABEL_LICENCE),
+    SeedSource("pydicom", "RG1_UNCR.dcm", Modality.XRAY, "chest", _PYDICOM_DATA_LICENCE, crops=14),
+    SeedSource("pydicom", "RG3_UNCR.dcm", Modality.XRAY, "leg", _PYDICOM_DATA_LICENCE, crops=14),
+    SeedSource("pydicom", "US1_UNCR.dcm", Modality.ULTRASOUND, "unknown", _PYDICOM_DATA_LICENCE, crops=4),
+    SeedSource("pydicom", "OBXXXX1A_2frame.dcm", Modality.ULTRASOUND, "fetus", _PYDICOM_DATA_LICENCE, crops=4),
+    SeedSource("pydicom", "gdcm-US-ALOKA-16.dcm", Modality.ULTRASOUND, "unknown", _PYDICOM_DATA_LICENCE,
+               crops=3),
+    SeedSource("pydicom", "color3d_jpeg_baseline.dcm", Modality.ULTRASOUND, "heart",
+               _PYDICOM_DATA_LICENCE, max_frames=16),
+    SeedSource("pydicom", "color-pl.dcm", Modality.ULTRASOUND, "heart", _PYDICOM_DATA_LICENCE),
+    SeedSource("pydicom", "JPEG2000_UNC.dcm", Modality.NUCLEAR, "whole body", _PYDICOM_DATA_LICENCE, crops=10,
+               max_side=1024),
+    SeedSource("skimage", "retina.jpg", Modality.FUNDUS, "retina", _SKIMAGE_CC0, crops=18),
+    SeedSource("skimage", "microaneurysms.png", Modality.FUNDUS, "retina", "scikit-image sample data; CC0 (HRF fundus database)"),
+    SeedSource("skimage", "ihc.png", Modality.HISTOPATHOLOGY, "colon",
+               "scikit-image sample data; no known copyright restrictions (CMMI)", crops=18),
+    SeedSource("skimage", "cell.png", Modality.MICROSCOPY, "cell", _SKIMAGE_CC0, crops=14),
+)
+
+
+def locate(source: SeedSource) -> Path:
+    """The installed file of a source (FileNotFoundError naming the package to install)."""
+    if source.package == "pydicom":
+        from pydicom.data import get_testdata_file
+
+        found = get_testdata_file(source.filename)
+        path = Path(found) if found else None
+    elif source.package == "skimage":
+        import skimage.data
+
+        path = Path(skimage.data.data_dir) / source.filename
+    else:
+        import nibabel
+
+        path = Path(nibabel.__file__).parent / "tests" / "data" / source.filename
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"seed pool: {source.filename} not found; reinstall {source.package}"
+                                f"{' and pydicom-data' if source.package == 'pydicom' else ''}")
+    return path
+
+
+def crops(rgb: np.ndarray, count: int, seed: int) -> list[tuple[np.ndarray, str]]:
+    """`count` deterministic crops (35-60 % of each side, the image's aspect ratio) that are not
+    mostly background; the box "x,y,w,h" comes with each."""
+    rng = np.random.default_rng(seed)
+    h, w = rgb.shape[:2]
+    out: list[tuple[np.ndarray, str]] = []
+    for _ in range(count * 6):  # background-heavy images need a few tries per crop
+        if len(out) == count:
+            break
+        scale = rng.uniform(0.35, 0.6)
+        ch, cw = int(h * scale), int(w * scale)
+        if min(ch, cw) < 32:
+            break
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = rgb[y:y + ch, x:x + cw]
+        if crop.mean() < 20 or crop.std() < 8:  # mostly black or flat: nothing to ask about
+            continue
+        out.append((np.ascontiguousarray(crop), f"{x},{y},{cw},{ch}"))
+    return out
+
+
+def _add_source(writer: PoolWriter, source: SeedSource, counts: Counter) -> None:
+    """Decode one source file with the ingestion path and add its frames and crops to the pool."""
+    path = locate(source)
+    options = IngestOptions(salt=_SEED_SALT, max_side=source.max_side, min_side=24, max_frames=source.max_frames,
+                            nifti_slices=4, modality=source.modality, anatomy=source.anatomy,
+                            licence=source.licence)
+    decoded = decode_bytes(path.read_bytes(), path.name, options)  # errors here are build bugs: raise
+    label = f"{'pydicom-data' if source.package == 'pydicom' else source.package}:{source.filename}"
+    study = "st-" + hash_text(decoded[0].study_key or label, _SEED_SALT)
+    views = [(d.rgb, d.extra) for d in decoded]
+    seed = int(hash_text(label, _SEED_SALT, 8), 16)
+    views += [(crop, {**decoded[0].extra, "crop": box}) for crop, box in crops(decoded[0].rgb,
+                                                                                       source.crops, seed)]
+    for rgb, extra in views:
+        stored = writer.add(rgb, modality=source.modality, anatomy=source.anatomy, source=label,
+                            licence=source.licence, study_id=study, extra=extra)
+        counts["duplicates" if stored is None else "images"] += 1
+
+
+def build_seed_pool(out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Build the seed pool into `out_dir` (pool.jsonl, images/, report.json, CARD.md, contact_sheet.png)."""
+    from medgr2_ray.data.sheet import contact_sheet
+
+    writer = PoolWriter(out_dir, overwrite=overwrite)
+    counts: Counter = Counter()
+    for source in SOURCES:
+        try:
+            _add_source(writer, source, counts)
+        except IngestError as exc:
+            raise RuntimeError(f"seed pool: {source.filename} failed to decode ({exc}); "
+                               "is the installed pydicom/scikit-image/nibabel the pinned version?") from exc
+    writer.close({"kind": "seed-pool", "version": SEED_POOL_VERSION, "sources": len(SOURCES)})
+    pool = load_pool(writer.root)
+    (writer.root / "CARD.md").write_text(seed_card(pool))
+    contact_sheet(pool, writer.root / "contact_sheet.png")
+    return writer.root
+
+
+def ensure_seed_pool(cache_dir: str | Path) -> Path:
+    """The seed pool under `cache_dir` (e.g. config `data.cache_dir`), built on first use, then reused.
+
+    Safe under concurrency: each builder writes a private temporary directory and renames it into
+    place; a loser of the race discards its copy and uses the winner's.
+    """
+    cache = Path(cache_dir).expanduser()
+    target = cache / f"seed_pool_{SEED_POOL_VERSION}"
+    if (target / POOL_FILE).is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".seed_pool_build_", dir=cache))
+    try:
+        build_seed_pool(tmp / "pool")
+        try:
+            os.rename(tmp / "pool", target)
+        except OSError:
+            if not (target / POOL_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def seed_card(pool) -> str:  # pool: ImagePool
+    """CARD.md of the seed pool: what is in it, where it came from, and what it cannot be used for."""
+    by_mod: dict[str, set[str]] = {}
+    for image in pool.images:
+        by_mod.setdefault(image.modality.value, set()).add(image.study_id)
+    counts = pool.counts_by_modality()
+    rows = "\n".join(f"| {m} | {counts[m]} | {len(by_mod[m])} |" for m in sorted(counts))
+    sources = "\n".join(f"- `{s.filename}` ({s.package}): {s.modality.value}, {s.anatomy}; {s.licence}"
+                        for s in SOURCES)
+    return f"""# medgr2_ray seed pool {SEED_POOL_VERSION}
+
+{len(pool)} images from {len(pool.studies())} studies in {len(counts)} modalities, built offline from
+files that pydicom, pydicom-data, scikit-image and nibabel ship.
+
+| modality | images | studies |
+|---|---|---|
+{rows}
+
+## Read this before using it
+
+- **Few patients.** The images come from {len(SOURCES)} files, about {len(pool.studies())} studies and
+  fewer distinct people. Crops and frames of one study are not independent samples. Accuracy measured
+  on this pool says whether the pipeline works, not whether a model knows medicine.
+- Several test files were downsized or edited by the pydicom authors; some ultrasound frames carry
+  burned-in annotations (text in the pixels) that de-identification does not remove.
+- Anatomy labels were assigned by hand from the file descriptions; "unknown" means we could not tell.
+- DICOM headers were de-identified (PS3.15 basic profile superset) before metadata was read; the
+  pool stores PNGs and de-identified fields only.
+- Licences differ per source (below); the CQ500 slice is non-commercial (CC BY-NC-SA 4.0).
+
+## Sources
+
+{sources}
+"""
