@@ -107,6 +107,23 @@ class PolicyLearner(Trainer):
         inputs, mask = encode_prompt_completions(self.loaded, requests, completions, padding_side="left")
         return inputs_to(inputs, self.device), mask.to(self.device)
 
+    def score_completions(
+        self, requests: Sequence[GenerationRequest], completions: Sequence[Sequence[int]], temperature: float | None = None
+    ) -> list[np.ndarray]:
+        """Current-policy log-probs of given completion tokens (no grad, eval mode), one array per row.
+
+        `temperature` defaults to the GRPO sampling temperature: the same distribution the engine reports.
+        """
+        temp = self.grpo.temperature if temperature is None else temperature
+        out: list[np.ndarray] = []
+        with self.evaluating():
+            rows = list(zip(requests, completions))
+            for batch in split_micro_batches(rows, self.cfg.micro_batch_size):
+                inputs, mask = self._encode([r for r, _ in batch], [c for _, c in batch])
+                logprobs, _ = completion_logprobs(self.model, inputs, mask, temp)
+                out.extend(logprobs[i, : len(c)].float().cpu().numpy() for i, (_, c) in enumerate(batch))
+        return out
+
     def _padding_row(self) -> PolicyRow:
         """A one-token row for zero-weight padding micro-batches (ranks must run equal backwards)."""
         return PolicyRow(GenerationRequest("__padding__", "padding"), (self.eos_id,), np.zeros(1, np.float32), 0.0)
