@@ -129,7 +129,7 @@ def _prompt_ids(
     return rows, pixel_values, grid
 
 
-def _rope_core(model: torch.nn.Module) -> Any:
+def vlm_core(model: torch.nn.Module) -> Any:
     """The module with `get_rope_index` (Qwen2VLModel), below PEFT and ForConditionalGeneration."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     core = getattr(base, "model", base)
@@ -155,7 +155,7 @@ def pad_batch(
         input_ids[i, span] = torch.tensor(list(row), dtype=torch.long)
         mask[i, span] = 1
     mm_types = ((input_ids == image_id) & mask.bool()).to(torch.int32)
-    positions, _ = _rope_core(loaded.model).get_rope_index(
+    positions, _ = vlm_core(loaded.model).get_rope_index(
         input_ids, mm_token_type_ids=mm_types, image_grid_thw=image_grid_thw, attention_mask=mask
     )
     return VLMInputs(input_ids, mask, positions.long(), mm_types, pixel_values, image_grid_thw)
