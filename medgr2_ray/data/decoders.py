@@ -31,6 +31,10 @@ class IngestError(Exception):
         self.reason = reason
         self.message = message
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # exceptions pickle their `args`; ours has two constructor arguments (Ray ships these back)
+        return (IngestError, (self.reason, self.message))
+
 
 @dataclass(frozen=True)
 class IngestOptions:

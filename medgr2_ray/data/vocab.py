@@ -39,7 +39,7 @@ _TEXT_RULES: tuple[tuple[str, Modality], ...] = (
     (r"fundus|retinal photo", Modality.FUNDUS),
     (r"dermoscop|dermatoscop", Modality.DERMOSCOPY),
     (r"endoscop|colonoscop|gastroscop|laparoscop|arthroscop", Modality.ENDOSCOPY),
-    (r"histopath|patholog|h&e|\bihc\b|immunohisto|whole.?slide", Modality.HISTOPATHOLOGY),
+    (r"histopath|histolog|patholog|h&e|\bihc\b|immunohisto|whole.?slide", Modality.HISTOPATHOLOGY),
     (r"microscop", Modality.MICROSCOPY),
     (r"ultraso|sonograph|echocardio|doppler|\bus\b", Modality.ULTRASOUND),
     (r"nuclear|\bpet\b|positron|spect|scintigra|bone scan", Modality.NUCLEAR),
