@@ -1,1 +1,9 @@
-"""medgr2_ray.models: see the package layout in README.md."""
+"""Models: offline tiny Qwen2-VL builds, one loading path for tiny and real checkpoints, the shared
+prompt encoding, and the reward model.
+
+- `tokenizer.py`   byte-level BPE trained offline on shipped medical text, Qwen special tokens + chat template
+- `tiny.py`        `build_tiny_vlm(cfg, out_dir, seed)`, `ensure_model_dir(model_cfg, cache_dir, seed, role)`
+- `loading.py`     `load_vlm(path, dtype, trust_remote_code) -> LoadedVLM`, `apply_lora(model, lora_cfg)`
+- `processing.py`  `encode_prompts`, `encode_prompt_completions`, `forward_kwargs`, `completion_logprobs`
+- `reward_head.py` `RewardModel` (backbone + scalar head), safetensors save/load
+"""
