@@ -80,6 +80,23 @@ def _as_rgb(image: np.ndarray, request_id: str) -> np.ndarray:
     return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
 
 
+_PLACEHOLDERS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def check_request(request: GenerationRequest) -> str | None:
+    """Why `request` cannot be encoded, or None when it can. Callers that must not let one bad
+    request fail a batch (actors) filter with this first and count what they drop."""
+    try:
+        for image in request.images:
+            _as_rgb(image, request.request_id)
+    except ValueError as exc:
+        return str(exc)
+    for text in (request.prompt, request.system):
+        if any(p in text for p in _PLACEHOLDERS):
+            return f"request '{request.request_id}': vision placeholder tokens must not appear in the text"
+    return None
+
+
 def _chat_text(loaded: LoadedVLM, request: GenerationRequest) -> str:
     """The prompt text through the model's chat template (ours when the tokenizer has none)."""
     content: list[dict[str, str]] = [{"type": "image"} for _ in request.images]
@@ -103,6 +120,9 @@ def _prompt_ids(
     loaded: LoadedVLM, requests: Sequence[GenerationRequest]
 ) -> tuple[list[list[int]], torch.Tensor | None, torch.Tensor | None]:
     """Token ids per request with image tokens expanded, plus the batch's pixel values and grids."""
+    for request in requests:
+        if (problem := check_request(request)) is not None:
+            raise ValueError(problem)
     images = [_as_rgb(img, r.request_id) for r in requests for img in r.images]
     pixel_values = grid = None
     if images:

@@ -10,6 +10,7 @@ import torch
 from medgr2_ray.models.loading import LoadedVLM
 from medgr2_ray.models.processing import (
     completion_logprobs,
+    check_request,
     encode_prompt_completions,
     encode_prompts,
     forward_kwargs,
@@ -93,8 +94,15 @@ def test_bad_images_name_the_request(loaded: LoadedVLM, ct_image: np.ndarray) ->
         encode_prompts(loaded, [GenerationRequest("f32", "x", (ct_image.astype(np.float32),))])
     with pytest.raises(ValueError, match="request 'rgba'.*HxWx3"):
         encode_prompts(loaded, [GenerationRequest("rgba", "x", (np.zeros((8, 8, 4), np.uint8),))])
-    with pytest.raises(ValueError, match="request 'pad'.*placeholders"):
+    with pytest.raises(ValueError, match="request 'pad'.*placeholder"):
         encode_prompts(loaded, [GenerationRequest("pad", "<|image_pad|> here")])
     grey = encode_prompts(loaded, [GenerationRequest("grey", "x", (ct_image[:, :, 0],))])
     rgb = encode_prompts(loaded, [GenerationRequest("rgb", "x", (ct_image,))])
     assert torch.equal(grey.pixel_values, rgb.pixel_values)
+
+
+def test_check_request_lets_callers_filter_bad_requests(ct_image: np.ndarray) -> None:
+    good = GenerationRequest("good", "Which organ?", (ct_image,))
+    assert check_request(good) is None
+    assert "uint8" in (check_request(GenerationRequest("bad", "x", (ct_image.astype(np.int16),))) or "")
+    assert "placeholder" in (check_request(GenerationRequest("sys", "x", system="<|vision_start|>")) or "")
