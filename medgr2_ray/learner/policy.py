@@ -95,6 +95,22 @@ class PolicyLearner(Trainer):
         tok = self.loaded.tokenizer
         self.eos_id = int(tok.eos_token_id)
 
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the current policy as an ordinary Hugging Face model directory (LoRA merged in), with
+        its tokenizer and image processor: the next stage (SFT -> GRPO, a new generator round) and the
+        engines start from it. Rank 0 writes; all ranks call it together under ZeRO-3."""
+        out = Path(directory)
+        with self.strategy.gathered_parameters():
+            if self.rank == 0:
+                model = self.model
+                if self.lora:
+                    model = copy.deepcopy(self.model).merge_and_unload()
+                out.mkdir(parents=True, exist_ok=True)
+                model.save_pretrained(out, safe_serialization=True)
+                self.loaded.tokenizer.save_pretrained(out)
+                self.loaded.image_processor.save_pretrained(out)
+        return out
+
     # ------------------------------------------------------------ encoding
 
     def target_token_ids(self, text: str) -> tuple[int, ...]:
