@@ -1,0 +1,124 @@
+"""The data plumbing of a MedGR² round, as pure functions: what each model is asked and taught.
+
+Every function here turns samples and images into typed requests/examples for one model, or model
+output back into samples, with every loss of data counted:
+- generator: `generator_requests` (which image, task and prompting strategy) and
+  `generator_sft_examples` (rejection-sampling fine-tuning targets = rendered accepted samples);
+- generated text -> samples: `parse_candidates` (failures kept with their reasons);
+- reward model: `reward_examples` (graded samples -> RewardExample, image of the graded sample);
+- solver: `solver_requests` and `solver_sft_examples` (augmented images when asked).
+No Ray, no models: the cycle calls these between actor calls.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from medgr2_ray.algo.perturb import GradedSample
+from medgr2_ray.data.augment import augment_image
+from medgr2_ray.prompts import ParseFailure, generator_prompt, parse_generated, render_sample, reward_prompt, solver_prompt
+from medgr2_ray.types import (GenerationRequest, MedImage, PromptStrategy, Provenance, RewardExample, Rollout, Sample,
+                              SFTExample, TaskType)
+
+ImageLookup = Callable[[str], np.ndarray]  # image_id -> RGB uint8
+
+
+@dataclass(frozen=True)
+class CandidateMeta:
+    """What the cycle asked the generator for one request (to turn its text back into a sample)."""
+
+    image: MedImage
+    task: TaskType
+    strategy: PromptStrategy
+
+
+@dataclass(frozen=True)
+class ParsedCandidates:
+    """Generated samples and every output that did not parse, with counts by reason."""
+
+    samples: tuple[Sample, ...]
+    failures: tuple[ParseFailure, ...]
+    duplicates: int
+
+    def failure_counts(self) -> dict[str, int]:
+        """How many outputs failed for each reason."""
+        return dict(Counter(f.reason for f in self.failures))
+
+
+def generator_requests(images: Sequence[MedImage], tasks: Sequence[TaskType], strategies: Sequence[PromptStrategy],
+                       lookup: ImageLookup, round_index: int) -> tuple[list[GenerationRequest], dict[str, CandidateMeta]]:
+    """One request per (image, task, strategy); ids are stable so a re-issued request is recognised."""
+    requests: list[GenerationRequest] = []
+    meta: dict[str, CandidateMeta] = {}
+    for image, task, strategy in itertools.product(images, tasks, strategies):
+        request_id = f"r{round_index}:{image.image_id}:{task.name}:{strategy.value}"
+        requests.append(GenerationRequest(request_id, generator_prompt(image.modality, image.anatomy, task, strategy),
+                                          (lookup(image.image_id),)))
+        meta[request_id] = CandidateMeta(image, task, strategy)
+    return requests, meta
+
+
+def generator_sft_examples(samples: Sequence[Sample], pool: Mapping[str, MedImage], lookup: ImageLookup,
+                           strategy: PromptStrategy = PromptStrategy.DIRECT) -> list[SFTExample]:
+    """Teach the generator to write `samples` (seeds in round 0, its own accepted samples later)."""
+    out = []
+    for s in samples:
+        image = pool[s.image_id]
+        chosen = s.provenance.prompt_strategy or strategy
+        prompt = generator_prompt(image.modality, image.anatomy, s.task_type, chosen)
+        out.append(SFTExample(GenerationRequest(f"gsft:{s.sample_id}", prompt, (lookup(s.image_id),)), render_sample(s)))
+    return out
+
+
+def parse_candidates(rollouts: Sequence[Rollout], meta: Mapping[str, CandidateMeta], round_index: int) -> ParsedCandidates:
+    """Generator rollouts -> samples with provenance; unparseable outputs and duplicates are counted."""
+    samples: dict[str, Sample] = {}
+    failures: list[ParseFailure] = []
+    duplicates = 0
+    for rollout in rollouts:
+        m = meta[rollout.request_id]
+        provenance = Provenance(producer="generator", model_version=rollout.weight_version, round=round_index,
+                                prompt_strategy=m.strategy)
+        parsed = parse_generated(rollout.text, image_id=m.image.image_id, image_path=m.image.path,
+                                 modality=m.image.modality, task=m.task, provenance=provenance)
+        if isinstance(parsed, ParseFailure):
+            failures.append(parsed)
+        elif parsed.sample_id in samples:
+            duplicates += 1
+        else:
+            samples[parsed.sample_id] = parsed
+    return ParsedCandidates(tuple(samples.values()), tuple(failures), duplicates)
+
+
+def reward_request(sample: Sample, lookup: ImageLookup) -> GenerationRequest:
+    """What the reward model reads: the sample's image and the rendered sample."""
+    return GenerationRequest(f"rm:{sample.sample_id}", reward_prompt(sample), (lookup(sample.image_id),))
+
+
+def reward_examples(graded: Sequence[GradedSample], lookup: ImageLookup) -> list[RewardExample]:
+    """Graded samples as reward-model training examples (an irrelevant sample carries the other image)."""
+    return [RewardExample(reward_request(g.sample, lookup), g.target, g.kind) for g in graded]
+
+
+def solver_request(sample: Sample, image: np.ndarray) -> GenerationRequest:
+    """The solver's prompt for one sample."""
+    return GenerationRequest(f"solve:{sample.sample_id}", solver_prompt(sample), (image,), sample=sample)
+
+
+def solver_requests(samples: Sequence[Sample], lookup: ImageLookup) -> list[GenerationRequest]:
+    """Solver prompts with the original images (evaluation and GRPO)."""
+    return [solver_request(s, lookup(s.image_id)) for s in samples]
+
+
+def solver_sft_examples(samples: Sequence[Sample], lookup: ImageLookup, rng: np.random.Generator | None) -> list[SFTExample]:
+    """SFT examples whose target is the answer's option text; images augmented when `rng` is given."""
+    out = []
+    for s in samples:
+        image = lookup(s.image_id)
+        out.append(SFTExample(solver_request(s, augment_image(image, rng) if rng is not None else image), s.answer))
+    return out
