@@ -44,7 +44,7 @@ def _load_records(path: Path) -> list[dict[str, Any]]:
         data = json.loads(text)
     except json.JSONDecodeError:
         data = []
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): see store.read_samples
             if line.strip():
                 try:
                     data.append(json.loads(line))

@@ -153,7 +153,7 @@ def load_pool(pool_dir: str | Path, *, check_files: bool = True) -> ImagePool:
         raise DataFormatError(f"{root} is not an image pool: {POOL_FILE} is missing "
                               f"(build one with `medgr2 data seed-pool` or `medgr2 data ingest`)")
     images: list[MedImage] = []
-    for lineno, line in enumerate(pool_file.read_text().splitlines(), 1):
+    for lineno, line in enumerate(pool_file.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         where = f"{pool_file}:{lineno}"
@@ -211,7 +211,7 @@ class PoolWriter:
 def _atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a crash never leaves half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -296,7 +296,8 @@ def read_samples(path: str | Path, errors: list[RecordError] | None = None) -> l
     if not src.is_file():
         raise DataFormatError(f"samples file {src} does not exist")
     samples: list[Sample] = []
-    for lineno, line in enumerate(src.read_text(encoding="utf-8").splitlines(), 1):
+    # split on "\n" only: splitlines() also breaks on U+0085/U+2028, which JSON leaves unescaped
+    for lineno, line in enumerate(src.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         where = f"{src}:{lineno}"
