@@ -70,6 +70,28 @@ def balanced_modality_test(images: Sequence[MedImage], make: Callable[[MedImage,
     return out
 
 
+def modality_question(image: MedImage, modalities: Sequence[Modality], seed: int, k: int,
+                      num_options: int = 4) -> Sample | None:
+    """A modality-recognition question whose distractors come only from `modalities` (the modalities of
+    the test set), each named by its canonical phrase: then no option text is wrong a priori and an
+    image-blind ordering cannot do much better than chance (the blind bound reports how much)."""
+    from medgr2_ray.data.templates import MODALITY_STEMS, render_question
+    from medgr2_ray.data.vocab import display_name
+
+    others = sorted((m for m in modalities if m != image.modality), key=lambda m: m.value)
+    if image.modality not in modalities or len(others) < num_options - 1:
+        return None
+    rng = random.Random(f"{seed}|{image.image_id}|{k}")
+    options = [display_name(m) for m in [image.modality, *rng.sample(others, num_options - 1)]]
+    rng.shuffle(options)
+    stem = rng.choice(MODALITY_STEMS)
+    return Sample(
+        sample_id=f"test-{image.image_id}-{k}", image_id=image.image_id, image_path=image.path,
+        question=render_question(stem, options), options=tuple(options), answer=display_name(image.modality),
+        task_type=TaskType.MODALITY, modality=image.modality, dataset="heldout",
+    )
+
+
 def blind_bound(samples: Sequence[Sample]) -> float:
     """The best accuracy any fixed, image-blind preference order over option texts reaches (exact DP
     over subsets of option texts; greedy beyond 16 distinct texts)."""

@@ -1,0 +1,168 @@
+"""The run report: `runs/<name>/report/index.html` plus PNG plots, built from the run directory alone.
+
+Reads what a run leaves behind (`metrics.jsonl`, `data/round_k/samples.jsonl`, `eval/*.json`,
+`config.yaml`) and writes plots (reward per round, reward-model loss, GRPO reward and KL over steps,
+accuracy per modality at each evaluation) and a browsable table of generated samples with their image
+thumbnails, reward scores and selection decisions. No Ray, no models: it can be rebuilt after the fact
+with the same code (`build_report(run_dir)`). Text is HTML-escaped: sample text is model output.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from medgr2_ray.data.store import read_samples  # noqa: E402
+from medgr2_ray.types import Sample  # noqa: E402
+
+MAX_ROWS = 300  # samples shown per round; the JSONL files hold all of them
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _series(records: list[dict[str, Any]], stage: str, key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in records if r.get("stage") == stage and r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _plot(out: Path, title: str, lines: dict[str, tuple[list[int], list[float]]], xlabel: str) -> str | None:
+    """One line plot; None when there is nothing to draw."""
+    lines = {k: v for k, v in lines.items() if v[0]}
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=100)
+    for label, (xs, ys) in lines.items():
+        ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, label=label)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out.name
+
+
+def _accuracy_plot(out: Path, evals: dict[str, dict[str, Any]]) -> str | None:
+    """Grouped bars: accuracy per modality at each evaluation point (before/after each stage)."""
+    if not evals:
+        return None
+    modalities = sorted({m for e in evals.values() for m in e.get("by_modality", {})})
+    if not modalities:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.4), dpi=100)
+    width = 0.8 / len(evals)
+    for i, (name, result) in enumerate(evals.items()):
+        xs = [j + i * width for j in range(len(modalities))]
+        ax.bar(xs, [result["by_modality"].get(m, 0.0) for m in modalities], width, label=f"{name} ({result['accuracy']:.0%})")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(modalities))], modalities, rotation=20, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title("held-out accuracy per modality")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out.name
+
+
+def _thumbnail(sample: Sample, thumbs: Path) -> str:
+    target = thumbs / f"{sample.image_id}.jpg"
+    if not target.exists() and Path(sample.image_path).is_file():
+        with Image.open(sample.image_path) as img:
+            img.convert("RGB").resize((96, 96)).save(target, quality=80)
+    return f"thumbs/{target.name}" if target.exists() else ""
+
+
+def _sample_rows(samples: list[Sample], thumbs: Path) -> str:
+    rows = []
+    for s in sorted(samples, key=lambda s: -(s.provenance.reward or -1e9))[:MAX_ROWS]:
+        src = _thumbnail(s, thumbs)
+        decision = {True: "kept", False: "rejected", None: "-"}[s.provenance.selected]
+        reward = "-" if s.provenance.reward is None else f"{s.provenance.reward:.2f}"
+        options = " | ".join(html.escape(o) for o in s.options)
+        strategy = s.provenance.prompt_strategy.value if s.provenance.prompt_strategy else "-"
+        rows.append(
+            f"<tr class='{decision}'><td><img src='{src}' width=96></td><td>{html.escape(s.modality.value)}</td>"
+            f"<td>{html.escape(s.question)}</td><td>{options}</td><td>{html.escape(s.answer)}</td>"
+            f"<td>{reward}</td><td>{decision}</td><td>{html.escape(strategy)}</td>"
+            f"<td>v{s.provenance.model_version}</td></tr>"
+        )
+    return "\n".join(rows)
+
+
+def _round_tables(run_dir: Path, thumbs: Path) -> str:
+    parts = []
+    for round_dir in sorted((run_dir / "data").glob("round_*"), key=lambda p: int(p.name.split("_")[1])):
+        path = round_dir / "samples.jsonl"
+        if not path.is_file():
+            continue
+        samples = read_samples(path)
+        kept = sum(1 for s in samples if s.provenance.selected)
+        parts.append(
+            f"<h3>{round_dir.name}: {len(samples)} samples, {kept} kept</h3><table><tr><th>image</th><th>modality</th>"
+            "<th>question</th><th>options</th><th>answer</th><th>reward</th><th>selection</th><th>strategy</th>"
+            f"<th>generator</th></tr>{_sample_rows(samples, thumbs)}</table>"
+        )
+    return "\n".join(parts) or "<p>No generated samples in this run.</p>"
+
+
+def _evals(run_dir: Path) -> dict[str, dict[str, Any]]:
+    found = sorted((run_dir / "eval").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    return {p.stem: json.loads(p.read_text()) for p in found}
+
+
+def _plots(records: list[dict[str, Any]], evals: dict[str, dict[str, Any]], out: Path) -> list[str]:
+    made = [
+        _plot(out / "round_reward.png", "generated samples per round",
+              {"reward mean": _series(records, "round", "reward_mean"),
+               "kept reward mean": _series(records, "round", "kept_reward_mean")}, "round"),
+        _plot(out / "rm_loss.png", "reward-model loss", {"mse": _series(records, "reward_model", "loss")}, "step"),
+        _plot(out / "grpo_reward.png", "GRPO reward", {"reward": _series(records, "grpo", "reward_mean")}, "step"),
+        _plot(out / "grpo_kl.png", "GRPO KL to reference", {"kl": _series(records, "grpo", "kl")}, "step"),
+        _plot(out / "sft_loss.png", "SFT loss", {"solver": _series(records, "solver_sft", "loss"),
+                                                  "generator": _series(records, "generator_sft", "loss")}, "step"),
+        _accuracy_plot(out / "accuracy.png", evals),
+    ]
+    return [m for m in made if m]
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write `report/index.html` and its PNGs for a run directory; returns the HTML path."""
+    run = Path(run_dir)
+    out = run / "report"
+    thumbs = out / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    records, evals = _records(run), _evals(run)
+    images = "".join(f"<img src='{name}'>" for name in _plots(records, evals, out))
+    eval_rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v['accuracy']:.1%} ({v['correct']}/{v['total']})</td>"
+        f"<td>{v.get('blind_bound', 0):.1%}</td><td>{html.escape(json.dumps(v.get('by_modality', {})))}</td></tr>"
+        for k, v in evals.items()
+    )
+    config = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medgr2 run {html.escape(run.name)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ccc;padding:3px;vertical-align:top}} tr.rejected{{color:#999}} img{{margin:4px}}</style>
+</head><body><h1>Run {html.escape(run.name)}</h1>
+<h2>Evaluation (held-out studies)</h2><table><tr><th>point</th><th>accuracy</th><th>image-blind bound</th>
+<th>per modality</th></tr>{eval_rows}</table>
+<h2>Plots</h2>{images}
+<h2>Generated samples</h2>{_round_tables(run, thumbs)}
+<h2>Resolved config</h2><pre>{html.escape(config)}</pre></body></html>"""
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
