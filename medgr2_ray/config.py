@@ -257,6 +257,57 @@ class LoopConfig(_Section):
     """Longest the controller sleeps waiting for any actor before re-checking scaling."""
 
 
+class CycleConfig(_Section):
+    """MedGR² rounds: the generator and the reward model co-evolve (round 0 bootstraps them from seeds)."""
+
+    rounds: int = Field(2, ge=0)
+    """Generation rounds after the round-0 bootstrap (the paper ran 3)."""
+    images_per_round: int = Field(48, ge=1)
+    """Training-split images the generator writes about in each round."""
+    tasks: list[Literal["Modality Recognition", "Anatomy Identification", "Disease Diagnosis", "Lesion Grading",
+                        "Other Biological Attributes"]] = ["Modality Recognition", "Anatomy Identification"]
+    """Question types the generator is asked for."""
+    strategies: list[Literal["direct", "step_by_step", "meta_cognitive"]] = ["direct", "step_by_step", "meta_cognitive"]
+    """Prompting strategies, one request per (image, task, strategy)."""
+    samples_per_prompt: int = Field(2, ge=1)
+    """Generator samples per request."""
+    temperature: float = Field(0.9, gt=0.0)
+    """Generator sampling temperature (diversity; selection removes what it spoils)."""
+    max_new_tokens: int = Field(120, ge=16)
+    """Longest generated sample, in tokens."""
+    seeds_per_image: int = Field(2, ge=1)
+    """Template seed samples per (training image, task) for the round-0 bootstrap."""
+    generator_bootstrap_steps: int = Field(150, ge=0)
+    """Round-0 generator SFT steps on the seeds."""
+    generator_rft_steps: int = Field(40, ge=0)
+    """Rejection-sampling fine-tuning steps of the generator on its kept samples, per round."""
+    rm_bootstrap_steps: int = Field(120, ge=0)
+    """Round-0 reward-model steps on graded seeds."""
+    rm_refresh_steps: int = Field(40, ge=0)
+    """Reward-model steps per round on graded kept samples plus the policy's own samples."""
+    rm_retrain: bool = True
+    """Refresh the reward model every round (False: the 'no RM retraining' ablation)."""
+    batch_size: int = Field(8, ge=1)
+    """Examples per generator / reward-model step."""
+
+
+class SolverConfig(_Section):
+    """The solver P: stage 1 SFT on the selected data, stage 2 GRPO, evaluations around both."""
+
+    sft_steps: int = Field(300, ge=0)
+    """SFT steps (Ray Train TorchTrainer)."""
+    sft_batch_size: int = Field(8, ge=1)
+    """Global SFT batch size (split over learner ranks)."""
+    augment: bool = True
+    """Augment images during SFT (crops, rotation, flips, gamma, noise, colour jitter)."""
+    include_seeds: bool = True
+    """Train on the template seeds as well as on the selected generated samples."""
+    grpo: bool = True
+    """Run stage 2 (False: the 'SFT only' ablation)."""
+    eval_per_modality: int = Field(12, ge=1)
+    """Held-out questions per modality (balanced test set, held-out studies only)."""
+
+
 class Config(_Section):
     """The whole system's configuration."""
 
@@ -281,6 +332,8 @@ class Config(_Section):
     graded: GradedDataConfig = GradedDataConfig()
     selection: SelectionConfig = SelectionConfig()
     data: DataConfig = DataConfig()
+    cycle: CycleConfig = CycleConfig()
+    solver: SolverConfig = SolverConfig()
     loop: LoopConfig = LoopConfig()
     """The asynchronous GRPO loop (actors/, loop/controller.py)."""
 
