@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+from pydicom.dataset import Dataset
 
 from medgr2_ray.data.vocab import anatomy_from_dicom, modality_from_dicom
 from medgr2_ray.types import Modality
@@ -173,7 +174,7 @@ def _check_dims(height: int, width: int, count: int, options: IngestOptions) -> 
 # ------------------------------------------------------------------------------------------------ DICOM
 
 
-def _read_dicom(data: bytes):  # -> pydicom Dataset (untyped import kept local)
+def _read_dicom(data: bytes) -> Dataset:
     """Parse a DICOM file (pixels not yet decoded); refuse DICOMDIRs and pixel-less objects."""
     import pydicom
 
@@ -196,7 +197,7 @@ def _read_dicom(data: bytes):  # -> pydicom Dataset (untyped import kept local)
     return ds
 
 
-def _decode_frame(ds, index: int | None) -> np.ndarray:
+def _decode_frame(ds: Dataset, index: int | None) -> np.ndarray:
     """One frame's stored values; decoder failures are mapped to reasons a person can act on."""
     from pydicom.pixels import pixel_array
 
@@ -232,7 +233,7 @@ def _first_number(value: object) -> float | None:
         return None
 
 
-def _dicom_window(values: np.ndarray, ds, modality: Modality, anatomy: str,
+def _dicom_window(values: np.ndarray, ds: Dataset, modality: Modality, anatomy: str,
                   extra: dict[str, str]) -> tuple[float, float]:
     """The file's VOI window when valid, else the per-modality default (recorded in `extra`)."""
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
@@ -250,7 +251,7 @@ def _dicom_window(values: np.ndarray, ds, modality: Modality, anatomy: str,
     return low, high
 
 
-def _dicom_frame_to_rgb(arr: np.ndarray, ds, modality: Modality, anatomy: str,
+def _dicom_frame_to_rgb(arr: np.ndarray, ds: Dataset, modality: Modality, anatomy: str,
                         extra: dict[str, str]) -> np.ndarray:
     """Stored values of one frame -> RGB uint8 (palette, colour, or windowed grayscale)."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut
@@ -279,7 +280,7 @@ def decode_dicom(data: bytes, options: IngestOptions) -> list[DecodedImage]:
         return _decode_dicom(data, options)
 
 
-def _promote_functional_groups(ds) -> None:
+def _promote_functional_groups(ds: Dataset) -> None:
     """Enhanced (multi-frame) objects keep rescale and window in functional group sequences; copy the
     shared (else first per-frame) values to the top level, where the windowing code looks for them."""
     groups = [g for name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")

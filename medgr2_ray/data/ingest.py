@@ -25,12 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medgr2_ray.data import decoders
 from medgr2_ray.data.decoders import REASONS, DecodedImage, IngestError, IngestOptions
 from medgr2_ray.data.deid import hash_text
 from medgr2_ray.data.store import PoolWriter
+
+# Re-exported: callers import the ingestion vocabulary from here, the decoders stay an implementation detail.
+__all__ = ["REASONS", "DecodedImage", "IngestError", "IngestOptions", "IngestReport", "SkippedFile",
+           "collect_files", "decode_bytes", "decode_guarded", "decode_path", "file_key", "ingest_paths",
+           "load_or_create_salt", "record_outcome", "sniff"]
+
 
 @dataclass(frozen=True)
 class SkippedFile:

@@ -18,14 +18,14 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medgr2_ray.data.ingest import IngestError, IngestOptions, decode_bytes
 from medgr2_ray.data.deid import hash_text
-from medgr2_ray.data.store import POOL_FILE, PoolWriter, load_pool
+from medgr2_ray.data.store import POOL_FILE, ImagePool, PoolWriter, load_pool
 from medgr2_ray.types import Modality
 
 SEED_POOL_VERSION = "v1"
@@ -189,7 +189,7 @@ def ensure_seed_pool(cache_dir: str | Path) -> Path:
     return target
 
 
-def seed_card(pool) -> str:  # pool: ImagePool
+def seed_card(pool: ImagePool) -> str:
     """CARD.md of the seed pool: what is in it, where it came from, and what it cannot be used for."""
     by_mod: dict[str, set[str]] = {}
     for image in pool.images:
@@ -223,3 +223,11 @@ files that pydicom, pydicom-data, scikit-image and nibabel ship.
 
 {sources}
 """
+
+
+def load_configured_pool(pool: str | None, cache_dir: str) -> ImagePool:
+    """The pool a run uses: `data.pool` when set, else the bundled seed pool cached in `data.cache_dir`.
+
+    Call it as `load_configured_pool(config.data.pool, config.data.cache_dir)`.
+    """
+    return load_pool(pool if pool else ensure_seed_pool(cache_dir))

@@ -43,3 +43,10 @@ def test_ensure_builds_once_deterministically_then_reuses(tmp_path: Path, seed_p
     assert ensure_seed_pool(tmp_path / "cache") == root
     assert (root / "pool.jsonl").stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [root.name]  # no build leftovers
+
+
+def test_configured_pool_prefers_data_pool(seed_pool_dir: Path, tmp_path: Path) -> None:
+    from medgr2_ray.data.seedpool import load_configured_pool
+
+    pool = load_configured_pool(str(seed_pool_dir), str(tmp_path / "never-built"))
+    assert pool.root == seed_pool_dir.resolve() and not (tmp_path / "never-built").exists()
