@@ -1,0 +1,141 @@
+"""The whole MedGR² cycle on Ray, stage by stage: what `medgr2 run` and the Ray job entrypoint execute.
+
+1. data: the configured image pool, split by study into train and held-out test (never by slice);
+   template seeds from the train images; a test set balanced by modality from the held-out studies.
+2. rounds (`rounds.CoEvolution`): round 0 bootstraps G and R from the seeds; rounds 1..N generate,
+   score, select, refresh R and fine-tune G. Every sample is kept with provenance in `data/round_k/`.
+3. solver stage 1: SFT on the selected samples (+ seeds) with Ray Train (`solver_sft.py`).
+4. solver stage 2: GRPO on the continuous asynchronous loop (`controller.Controller`) with the reward
+   alpha * norm(R) + beta * accuracy, scored by the ScorerActor pool holding the evolved R.
+5. evaluation before and after each solver stage, and the HTML report.
+Ablations are configuration: `selection.mode=random`, `cycle.rm_retrain=false`, `solver.grpo=false`,
+`reward.alpha=0`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from medgr2_ray.config import Config, dump_config
+from medgr2_ray.data.seedpool import load_configured_pool
+from medgr2_ray.data.split import split_by_study
+from medgr2_ray.data.store import ImagePool, write_samples
+from medgr2_ray.data.templates import make_template_samples
+from medgr2_ray.eval.protocols import EvalResult, balanced_modality_test, modality_question
+from medgr2_ray.eval.report import build_report
+from medgr2_ray.loop.evaluation import evaluate_solver
+from medgr2_ray.loop.rounds import CoEvolution, Progress
+from medgr2_ray.loop.solver_sft import run_solver_sft
+from medgr2_ray.metrics import RunLog
+from medgr2_ray.models.tiny import ensure_model_dir
+from medgr2_ray.types import MedImage, Modality, Sample, TaskType
+
+
+@dataclass(frozen=True)
+class CycleData:
+    """The images and samples a run works on."""
+
+    pool: ImagePool
+    train: list[MedImage]
+    test: list[MedImage]
+    seeds: list[Sample]
+    test_samples: list[Sample]
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """Where the run went and what it measured."""
+
+    run_dir: Path
+    evals: dict[str, EvalResult]
+    report: Path
+    seconds: float
+
+
+def prepare_data(cfg: Config) -> CycleData:
+    """Pool, study split, seeds (modality questions over the pool's modalities + anatomy templates),
+    and the modality-balanced held-out test set."""
+    pool = load_configured_pool(cfg.data.pool, cfg.data.cache_dir)
+    train, test = split_by_study(pool.images, cfg.data.test_fraction, cfg.run.seed)
+    modalities = sorted({i.modality for i in pool.images if i.modality != Modality.OTHER}, key=lambda m: m.value)
+    seeds = [q for image in train for k in range(cfg.cycle.seeds_per_image)
+             if (q := modality_question(image, modalities, cfg.run.seed, k)) is not None]
+    if TaskType.ANATOMY.value in cfg.cycle.tasks:
+        seeds += make_template_samples(train, cfg.run.seed, tasks=[TaskType.ANATOMY], per_image=cfg.cycle.seeds_per_image)
+    test_samples = balanced_modality_test(
+        test, lambda image, k: modality_question(image, modalities, cfg.run.seed + 1, k),
+        cfg.solver.eval_per_modality, cfg.run.seed)
+    return CycleData(pool, train, test, seeds, test_samples)
+
+
+def _pixels(pool: ImagePool) -> Callable[[str], np.ndarray]:
+    cache: dict[str, np.ndarray] = {}
+    by_id = {i.image_id: i for i in pool.images}
+
+    def lookup(image_id: str) -> np.ndarray:
+        if image_id not in cache:
+            cache[image_id] = pool.read_rgb(by_id[image_id])
+        return cache[image_id]
+
+    return lookup
+
+
+def _run_dir(cfg: Config) -> Path:
+    run_dir = Path(cfg.run.root).expanduser() / cfg.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    return run_dir
+
+
+def run_rounds(cfg: Config, data: CycleData, run_dir: Path, log: RunLog, progress: Progress) -> tuple[list[Sample], Path]:
+    """Round 0 and rounds 1..N; returns every kept generated sample and R's directory."""
+    cache = cfg.data.cache_dir
+    evo = CoEvolution(cfg, ensure_model_dir(cfg.generator, cache, cfg.run.seed, "generator"),
+                      ensure_model_dir(cfg.reward_model, cache, cfg.run.seed, "reward"),
+                      {i.image_id: i for i in data.pool.images}, _pixels(data.pool), run_dir, log, progress)
+    try:
+        write_samples(run_dir / "data" / "round_0" / "seeds.jsonl", data.seeds)
+        evo.train_generator(data.seeds, cfg.cycle.generator_bootstrap_steps, "round 0: generator SFT")
+        evo.train_reward_model(data.seeds, cfg.cycle.rm_bootstrap_steps, "round 0: reward model")
+        for k in range(1, cfg.cycle.rounds + 1):
+            evo.run_round(k, data.train)
+        rm_dir = evo.save(run_dir / "models" / "reward_model")
+        (run_dir / "data" / "rounds.json").write_text(json.dumps(evo.state.summaries, indent=1))
+        return evo.state.kept, rm_dir
+    finally:
+        evo.shutdown()
+
+
+def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleResult:
+    """Run every stage (see the module docstring); Ray must be initialised."""
+    from medgr2_ray.loop.grpo_stage import run_grpo
+
+    start = time.perf_counter()
+    run_dir = _run_dir(cfg)
+    data = prepare_data(cfg)
+    evals: dict[str, EvalResult] = {}
+    with RunLog(run_dir) as log:
+        kept, rm_dir = run_rounds(cfg, data, run_dir, log, progress)
+        policy_dir = ensure_model_dir(cfg.policy, cfg.data.cache_dir, cfg.run.seed, "policy")
+        evals["untrained"] = evaluate_solver(cfg, policy_dir, data.test_samples, run_dir, "0_untrained")
+        train_set = kept + (data.seeds if cfg.solver.include_seeds else [])
+        write_samples(run_dir / "data" / "solver_train.jsonl", train_set)
+        sft = run_solver_sft(cfg, policy_dir, train_set, run_dir, cfg.solver.sft_steps, cfg.solver.sft_batch_size,
+                             cfg.solver.augment, resume=resume)
+        for i, loss in enumerate(sft.losses):
+            log.log(i, {"loss": loss}, "solver_sft")
+        evals["after_sft"] = evaluate_solver(cfg, sft.model_dir, data.test_samples, run_dir, "1_after_sft")
+        if cfg.solver.grpo and cfg.grpo.steps > 0:
+            final = run_grpo(cfg, sft.model_dir, rm_dir, train_set, _pixels(data.pool), run_dir, progress, resume)
+            evals["after_grpo"] = evaluate_solver(cfg, final, data.test_samples, run_dir, "2_after_grpo")
+        for name, result in evals.items():
+            log.log(0, {"accuracy": result.accuracy, "blind_bound": result.blind_bound}, f"eval_{name}")
+    report = build_report(run_dir)
+    return CycleResult(run_dir, evals, report, time.perf_counter() - start)

@@ -1,0 +1,61 @@
+"""Solver evaluation as a Ray task: option likelihood (length-normalised) and strict greedy exact match.
+
+A task, not driver code, so the driver never loads a model (on a GPU cluster the task asks for the
+learner's GPU) and a crash in evaluation never takes the run down with it. The result is written to
+`runs/<name>/eval/<point>.json` and logged, so the report shows accuracy before and after each stage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from medgr2_ray.config import Config
+from medgr2_ray.eval.protocols import EvalResult, accuracy_table, choose_by_likelihood
+from medgr2_ray.types import SamplingParams
+
+
+def _evaluate(cfg_json: dict[str, Any], model_dir: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    from medgr2_ray.algo.rewards import extract_answer
+    from medgr2_ray.data.store import read_rgb, sample_from_dict
+    from medgr2_ray.engines.hf import HFEngine
+    from medgr2_ray.learner.policy import PolicyLearner
+    from medgr2_ray.loop.stages import solver_requests
+
+    cfg = Config.model_validate(cfg_json)
+    torch.set_num_threads(cfg.run.torch_threads)
+    test = [sample_from_dict(s) for s in samples]
+    paths = {s.image_id: s.image_path for s in test}
+    pixels = {i: read_rgb(p) for i, p in paths.items()}
+    requests = solver_requests(test, pixels.__getitem__)
+    learner = PolicyLearner(model_dir, cfg.policy.model_copy(update={"lora": cfg.policy.lora.model_copy(
+        update={"enabled": False})}), cfg.learner, cfg.grpo, cfg.run.seed)
+    likelihood = accuracy_table(test, choose_by_likelihood(learner, test, requests))
+    del learner
+    engine = HFEngine(model_dir, cfg.policy, cfg.engine, seed=cfg.run.seed)
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.grpo.max_new_tokens)
+    texts = {r.request_id: r.text for r in engine.generate(requests, greedy)}
+    picked = [extract_answer(texts[r.request_id], s.options) or "" for r, s in zip(requests, test)]
+    strict = accuracy_table(test, picked)
+    return {**asdict(likelihood), "greedy_accuracy": strict.accuracy, "greedy_by_modality": strict.by_modality}
+
+
+def evaluate_solver(cfg: Config, model_dir: Path, samples: list[Any], run_dir: Path, point: str) -> EvalResult:
+    """Evaluate the solver at `model_dir` on `samples`; writes `eval/<point>.json`; returns the result."""
+    from medgr2_ray.data.store import sample_to_dict
+
+    task = ray.remote(_evaluate).options(
+        num_cpus=cfg.learner.num_cpus_per_rank, num_gpus=cfg.learner.num_gpus_per_rank, max_retries=1,
+    )
+    result = ray.get(task.remote(cfg.model_dump(mode="json"), str(model_dir), [sample_to_dict(s) for s in samples]))
+    out = run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{point}.json").write_text(json.dumps(result, indent=1))
+    fields = {k: result[k] for k in EvalResult.__dataclass_fields__}
+    return EvalResult(**fields)

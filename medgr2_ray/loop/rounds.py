@@ -1,0 +1,172 @@
+"""MedGR² co-evolution on Ray: the generator G and the reward model R improve each other, round by round.
+
+Round 0 bootstraps both from template seeds (G learns to write samples by SFT; R learns the graded
+10 / 6 / 0 / -6 scale). Each later round: the generator pool writes candidates for training images with
+every prompting strategy; R scores them; selection keeps the best (tau / top-K, balanced); R is refreshed
+on graded data built from the kept samples; G is fine-tuned on its kept samples (rejection-sampling
+fine-tuning) and publishes new weights that the generator pool loads in place before the next round.
+Every candidate is written to `data/round_k/` with its provenance and the selection decision, and every
+output that did not become a sample is written with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from medgr2_ray.actors.learner import LearnerGroup
+from medgr2_ray.actors.pool import WorkerPool
+from medgr2_ray.actors.reward_learner import RewardLearnerActor
+from medgr2_ray.actors.rollout import RolloutActor
+from medgr2_ray.algo.perturb import build_graded_samples
+from medgr2_ray.algo.selection import select_samples
+from medgr2_ray.config import Config
+from medgr2_ray.data.store import write_samples
+from medgr2_ray.loop.stages import (generator_requests, generator_sft_examples, parse_candidates, reward_examples,
+                                    reward_request)
+from medgr2_ray.metrics import RunLog
+from medgr2_ray.types import MedImage, PromptStrategy, Rollout, Sample, SamplingParams, TaskType, WeightVersion
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class RoundState:
+    """What the rounds produced: every kept sample, and where G and R ended up."""
+
+    kept: list[Sample] = field(default_factory=list)
+    generator_version: int = 0
+    rm_version: int = 0
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+
+
+class CoEvolution:
+    """Holds G's learner and rollout pool and R's learner for the rounds (see the module docstring)."""
+
+    def __init__(self, cfg: Config, generator_dir: Path, reward_dir: Path, images: dict[str, MedImage],
+                 lookup: Callable[[str], np.ndarray], run_dir: Path, log: RunLog, progress: Progress) -> None:
+        self.cfg, self.images, self.lookup, self.run_dir, self.log, self.progress = (
+            cfg, images, lookup, run_dir, log, progress)
+        threads, seed = cfg.run.torch_threads, cfg.run.seed
+        self.g_learner = LearnerGroup(generator_dir, cfg.generator, cfg.learner, cfg.grpo, seed,
+                                      name="GeneratorLearner", torch_threads=threads)
+        self.g_pool = WorkerPool("generator-rollout", RolloutActor, cfg.generator_pool,
+                                 lambda i: ("generator-rollout", str(generator_dir), cfg.generator, cfg.engine,
+                                            seed + 7919 * (i + 1), threads))
+        self.g_pool.scale_to(cfg.generator_pool.min_workers)
+        self.r_learner = ray.remote(RewardLearnerActor).options(
+            name="RewardLearner", num_cpus=cfg.learner.num_cpus_per_rank, num_gpus=cfg.learner.num_gpus_per_rank,
+        ).remote(str(reward_dir), cfg.reward_model, cfg.learner, seed, threads)
+        self.state = RoundState()
+
+    # ------------------------------------------------------------ training helpers
+    def _batches(self, items: Sequence[Any], steps: int, salt: str) -> list[list[Any]]:
+        rng = random.Random(f"{self.cfg.run.seed}|{salt}")
+        size = self.cfg.cycle.batch_size
+        return [rng.sample(list(items), min(size, len(items))) for _ in range(steps)] if items else []
+
+    def train_generator(self, samples: Sequence[Sample], steps: int, stage: str) -> None:
+        """SFT G on rendered samples for `steps` steps, logging the loss."""
+        examples = generator_sft_examples(samples, self.images, self.lookup)
+        for i, batch in enumerate(self._batches(examples, steps, stage)):
+            metrics = self.g_learner.sft_step(batch)
+            self.log.log(self.state.generator_version + i, {"loss": metrics.get("loss", float("nan"))}, "generator_sft")
+            self.progress(stage, i + 1, steps)
+        self.state.generator_version += steps
+
+    def train_reward_model(self, samples: Sequence[Sample], steps: int, stage: str) -> None:
+        """Regress R onto graded data built from `samples` (faithful / perturbed / incoherent / irrelevant)."""
+        graded = build_graded_samples(samples, self.cfg.graded, self.cfg.run.seed + self.state.rm_version)
+        batches = self._batches(reward_examples(graded, self.lookup), steps, stage)
+        chunk = max(1, steps // 10)  # a few actor calls, not one per step: progress without chatter
+        for start in range(0, len(batches), chunk):
+            for j, m in enumerate(ray.get(self.r_learner.train.remote(batches[start:start + chunk]))):
+                self.log.log(self.state.rm_version + start + j, {"loss": m.get("loss", float("nan"))}, "reward_model")
+            self.progress(stage, min(start + chunk, steps), steps)
+        self.state.rm_version += steps
+
+    # ------------------------------------------------------------ one round
+    def _generate(self, requests: list, sampling: SamplingParams, weights: WeightVersion) -> list[Rollout]:
+        ray.get([m.ready_ref for m in self.g_pool.members])
+        members = self.g_pool.members
+        per_call = max(1, self.cfg.loop.requests_per_call)
+        chunks = [requests[i:i + per_call] for i in range(0, len(requests), per_call)]
+        refs = [members[i % len(members)].handle.generate.remote(c, sampling, weights) for i, c in enumerate(chunks)]
+        out: list[Rollout] = []
+        for i, ref in enumerate(refs):
+            out.extend(ray.get(ref))
+            self.progress("generate", i + 1, len(refs))
+        return out
+
+    def run_round(self, k: int, train_images: Sequence[MedImage]) -> None:
+        """Generate, score, select, record; then refresh R and fine-tune G on the kept samples."""
+        cfg = self.cfg.cycle
+        rng = random.Random(f"{self.cfg.run.seed}|round|{k}")
+        chosen = rng.sample(list(train_images), min(cfg.images_per_round, len(train_images)))
+        tasks = [TaskType(t) for t in cfg.tasks]
+        strategies = [PromptStrategy(s) for s in cfg.strategies]
+        requests, meta = generator_requests(chosen, tasks, strategies, self.lookup, k)
+        sampling = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature,
+                                  max_new_tokens=cfg.max_new_tokens, seed=self.cfg.run.seed + k)
+        weights = self.g_learner.publish()
+        rollouts = self._generate(requests, sampling, weights)
+        parsed = parse_candidates(rollouts, meta, k)
+        scores = ray.get(self.r_learner.score.remote([reward_request(s, self.lookup) for s in parsed.samples]))
+        scored = [s.with_provenance(reward=float(r)) for s, r in zip(parsed.samples, scores)]
+        selection = select_samples(scored, self.cfg.selection, self.cfg.run.seed + k)
+        kept_ids = {s.sample_id for s in selection.kept}
+        decided = [s.with_provenance(selected=s.sample_id in kept_ids) for s in scored]
+        self._record(k, rollouts, parsed, decided, selection)
+        self.state.kept.extend(selection.kept)
+        if self.cfg.cycle.rm_retrain and selection.kept:
+            self.train_reward_model(selection.kept, cfg.rm_refresh_steps, f"round {k}: reward model")
+        if selection.kept:
+            self.train_generator(selection.kept, cfg.generator_rft_steps, f"round {k}: generator RFT")
+
+    def _record(self, k: int, rollouts: list[Rollout], parsed: Any, decided: list[Sample], selection: Any) -> None:
+        out = self.run_dir / "data" / f"round_{k}"
+        write_samples(out / "samples.jsonl", decided)
+        with (out / "failures.jsonl").open("w") as f:
+            for failure in parsed.failures:
+                f.write(json.dumps({"reason": failure.reason, "text": failure.text}) + "\n")
+        rewards = [s.provenance.reward for s in decided if s.provenance.reward is not None and np.isfinite(s.provenance.reward)]
+        kept_rewards = [s.provenance.reward for s in selection.kept if s.provenance.reward is not None]
+        summary = {
+            "round": k, "outputs": len(rollouts), "samples": len(decided), "unparseable": len(parsed.failures),
+            "duplicates": parsed.duplicates, "kept": len(selection.kept), "rejected": dict(selection.counts()),
+            "failure_reasons": parsed.failure_counts(),
+            "reward_mean": float(np.mean(rewards)) if rewards else None,
+            "kept_reward_mean": float(np.mean(kept_rewards)) if kept_rewards else None,
+            "kept_answer_correct": _answer_agreement(selection.kept, self.images),
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        self.state.summaries.append(summary)
+        self.log.log(k, {key: float(v) for key, v in summary.items() if isinstance(v, (int, float)) and v is not None}, "round")
+
+    def save(self, out_dir: Path) -> Path:
+        """Write R as a directory (the GRPO scorer pool loads it)."""
+        return Path(ray.get(self.r_learner.save_pretrained.remote(str(out_dir))))
+
+    def shutdown(self) -> None:
+        """Stop G's learner and pool and R's learner."""
+        self.g_pool.shutdown()
+        self.g_learner.shutdown()
+        ray.kill(self.r_learner)
+
+
+def _answer_agreement(samples: Sequence[Sample], images: dict[str, MedImage]) -> float | None:
+    """Fraction of kept modality questions whose answer names the image's true modality (from metadata):
+    an independent check of how faithful the kept data is."""
+    from medgr2_ray.data.vocab import modality_from_text
+
+    checkable = [s for s in samples if s.task_type == TaskType.MODALITY]
+    if not checkable:
+        return None
+    return float(np.mean([modality_from_text(s.answer) == images[s.image_id].modality for s in checkable]))

@@ -1,0 +1,40 @@
+"""Connecting to Ray the same way from `medgr2 run`, the job entrypoint and `medgr2 status`.
+
+`ray.address` unset starts a local cluster in-process (the embedded default); set, it joins an existing
+cluster (`ray job submit` sets RAY_ADDRESS, which Ray reads itself). Token authentication is Ray's
+default and is never turned off here; usage statistics are. Heavy work never runs in this process:
+the driver holds handles, the actors hold the models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from medgr2_ray.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: Config) -> None:
+    """`ray.init` for a run (idempotent: an already initialised session is reused)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "0" if _names_hub_model(cfg) else "1")
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, object] = {"namespace": cfg.ray.namespace, "log_to_driver": True}
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kwargs)
+        return
+    ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory,
+             include_dashboard=False, **kwargs)
+
+
+def _names_hub_model(cfg: Config) -> bool:
+    """Whether any model path is a hub id rather than a local directory (then downloads are allowed)."""
+    paths = [cfg.policy.path, cfg.generator.path, cfg.reward_model.path]
+    return any(p is not None and not os.path.isdir(os.path.expanduser(p)) and "/" in p and not p.startswith((".", "/", "~"))
+               for p in paths)
