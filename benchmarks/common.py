@@ -266,3 +266,35 @@ def single_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+# Vision placeholder tokens a rollout must never sample (a sampled one breaks the prompt's image
+# accounting when the learner re-encodes prompt + completion). TRL suppresses <|image_pad|> itself.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def vision_token_ids() -> list[int]:
+    """Their ids in the offline tiny tokenizer (special tokens take the first ids, in order)."""
+    from medgr2_ray.models.tokenizer import SPECIAL_TOKENS
+
+    return [SPECIAL_TOKENS.index(t) for t in VISION_TOKENS]
+
+
+def suppress_vision_tokens() -> None:
+    """Make `engines.hf` sample from (and report log-probs under) a distribution without the vision
+    tokens. A benchmark-side patch standing in for a suppress-tokens option HFEngine lacks; also
+    usable as a Ray `worker_process_setup_hook` ("common.suppress_vision_tokens") for rollout actors."""
+    import torch
+
+    import medgr2_ray.engines.hf as hf
+
+    original = getattr(hf.processed_logprobs, "__wrapped__", hf.processed_logprobs)
+    ids = vision_token_ids()
+
+    def masked(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+        logits = logits.float().clone()
+        logits[..., ids] = float("-inf")
+        return original(logits, temperature, top_k, top_p)
+
+    masked.__wrapped__ = original  # type: ignore[attr-defined]
+    hf.processed_logprobs = masked

@@ -1,0 +1,133 @@
+"""Async vs sync GRPO through the Ray loop: the same work (model, prompts, group size, completion length,
+steps) with `grpo.max_staleness = 0` (the synchronous algorithm: generate, then train, then publish) and
+with `max_staleness = 1` (generation of step k+1 overlaps training of step k). Reports samples/s of both,
+their ratio, and the theoretical limit for the stage times measured in the same run.
+
+Stage times come from the job run in one process (`grpo_job.run_plain`): generate G, score S, train T,
+export E, load L. Sync does them one after another; async runs the rollout actor (L + G per version),
+the scorer (S) and the learner (T + E) at the same time, so
+    limit = (G + S + T + E + L) / max(G + L, S, T + E),
+and never more than the number of busy stages (2 here). The job's shape is chosen so G ~ T (balanced).
+Rollout-actor stall by weight sync = L / (G + L): the share of the rollout actor's time spent loading.
+
+    .venv/bin/python benchmarks/async_vs_sync.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (sets the offline/one-thread environment before torch is imported)
+
+import numpy as np  # noqa: E402
+
+import grpo_job  # noqa: E402
+from medgr2_ray.config import ModelConfig  # noqa: E402
+from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
+
+ASYNC_STALENESS = 1
+
+
+def limits(plain: grpo_job.PlainRun) -> dict[str, float]:
+    """Stage medians and the theoretical async/sync ratio for them."""
+    g, s, t, e, l = (plain.median(k) for k in ("generate_s", "score_s", "train_s", "export_s", "load_s"))
+    sync_step = g + s + t + e + l
+    async_step = max(g + l, s, t + e)
+    return {"generate_s": g, "score_s": s, "train_s": t, "export_s": e, "load_s": l, "sync_step_s": sync_step,
+            "async_step_s": async_step, "limit": sync_step / async_step, "stall": l / (g + l)}
+
+
+def run(args: argparse.Namespace) -> None:
+    import ray
+
+    common.single_thread()
+    shape = grpo_job.JobShape(prompts_per_step=4, group_size=8, max_new_tokens=24, steps=3 if args.quick else 12,
+                              warmup_steps=1 if args.quick else 2)
+    reps = 1 if args.quick else 3
+    report = common.Report("async_vs_sync", args.quick, {"shape": shape.__dict__, "reps": reps,
+                                                         "async_max_staleness": ASYNC_STALENESS})
+    cache = Path(args.cache or tempfile.mkdtemp(prefix="medgr2-bench-"))
+    policy_dir = ensure_model_dir(ModelConfig(), cache, seed=0, role="policy")
+    plain = grpo_job.run_plain(shape, policy_dir)
+    lim = limits(plain)
+    grpo_job.ray_init()
+    runs: dict[int, list[grpo_job.LoopRun]] = {0: [], ASYNC_STALENESS: []}
+    try:
+        for rep in range(reps):  # interleaved: both modes see the same machine load on average
+            for staleness in (0, ASYNC_STALENESS):
+                result = grpo_job.run_loop(shape, staleness, policy_dir, seed=rep)
+                runs[staleness].append(result)
+                print(f"rep {rep} max_staleness={staleness}: {result.samples_per_s:.1f} samples/s, "
+                      f"staleness {np.bincount(result.staleness).tolist() if result.staleness else []}", flush=True)
+    finally:
+        ray.shutdown()
+    sync_sps = [r.samples_per_s for r in runs[0]]
+    async_sps = [r.samples_per_s for r in runs[ASYNC_STALENESS]]
+    ratio = common.ratio_stat(async_sps, sync_sps)
+    report.table("Stage times of one step (one process, no Ray; median of the timed steps)",
+                 ["generate G", "score S", "train T", "export E", "load L", "sync G+S+T+E+L", "async max(G+L, S, T+E)",
+                  "theoretical async/sync"],
+                 [[f"{lim[k]:.3f} s" for k in ("generate_s", "score_s", "train_s", "export_s", "load_s", "sync_step_s",
+                                               "async_step_s")] + [f"{lim['limit']:.2f}x"]])
+    report.table(f"Ray loop, {shape.steps} timed steps x {shape.prompts_per_step} prompts x {shape.group_size} "
+                 f"completions of {shape.max_new_tokens} tokens", ["mode", "samples/s", "s/step", "staleness of trained groups"],
+                 [[f"sync (max_staleness=0)", common.summarize(sync_sps).fmt(),
+                   common.summarize([r.step_s for r in runs[0]]).fmt(), _hist(runs[0])],
+                  [f"async (max_staleness={ASYNC_STALENESS})", common.summarize(async_sps).fmt(),
+                   common.summarize([r.step_s for r in runs[ASYNC_STALENESS]]).fmt(), _hist(runs[ASYNC_STALENESS])],
+                  ["async / sync", ratio.fmt(), "", f"limit {lim['limit']:.2f}x"]])
+    report.data = {"limits": lim, "plain": plain.__dict__, "runs": {str(k): [r.__dict__ for r in v] for k, v in runs.items()}}
+    goals(report, ratio, lim)
+    plot(report, sync_sps, async_sps, lim)
+    report.save()
+
+
+def _hist(runs: list[grpo_job.LoopRun]) -> str:
+    counts = np.bincount([s for r in runs for s in r.staleness]) if any(r.staleness for r in runs) else []
+    return ", ".join(f"{v}: {c}" for v, c in enumerate(counts) if c)
+
+
+def goals(report: common.Report, ratio: common.Stat, lim: dict[str, float]) -> None:
+    met = ratio.median >= 1.5
+    report.goals.append(common.Goal(
+        "async >= 1.5x sync (2-core machine, balanced stages)", ">= 1.5x", f"{ratio.fmt()}x (limit {lim['limit']:.2f}x)",
+        met, "" if met else (
+            f"the limit for these stage times is {lim['limit']:.2f}x and needs two free cores; the two cores are "
+            f"shared with other work (load average {report.machine['loadavg_at_start'][0]:.1f} at start), so the "
+            "rollout actor and the learner rarely run truly in parallel"),
+    ))
+    stall_met = lim["stall"] < 0.05
+    report.goals.append(common.Goal(
+        "rollout actors stalled < 5% of wall time by weight syncs", "< 5%",
+        f"{100 * lim['stall']:.2f}% (load L / (G + L), full tiny-model weights every version)", stall_met,
+        "" if stall_met else "load time is a large share of a short generate call",
+    ))
+
+
+def plot(report: common.Report, sync_sps: list[float], async_sps: list[float], lim: dict[str, float]) -> None:
+    fig, axes = common.new_figure(1)
+    ax = axes[0]
+    s, a = common.summarize(sync_sps), common.summarize(async_sps)
+    ax.bar([0, 1], [s.median, a.median], yerr=[[s.median - s.lo, a.median - a.lo], [s.hi - s.median, a.hi - a.median]],
+           capsize=4, color=["C0", "C1"])
+    ax.axhline(s.median * lim["limit"], color="grey", linestyle="--", label=f"theoretical async ({lim['limit']:.2f}x sync)")
+    ax.set_xticks([0, 1], ["sync (max_staleness=0)", f"async (max_staleness={ASYNC_STALENESS})"])
+    ax.set(ylabel="samples/s", title="GRPO through the Ray loop")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(report.png_path(), dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 timed steps, one repetition (results/quick/)")
+    parser.add_argument("--cache", help="directory for the built model (default: a fresh temp dir)")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""One GRPO job, run two ways, shared by async_vs_sync.py and orchestration_overhead.py:
+
+* `run_loop`: the Ray system (`actors.system.ActorSystem` + `loop.controller.Controller`): one policy
+  rollout actor, one scorer actor (accuracy reward only: `reward.alpha = 0`, so no reward model), one
+  learner rank, the rollout buffer; `grpo.max_staleness` decides sync (0) or async (>= 1).
+* `run_plain`: the same steps in one Python process without Ray: `HFEngine.generate` -> the scorer's
+  reward functions -> `PolicyLearner.grpo_step` -> `export_weights` -> `HFEngine.load_weights`, with each
+  stage timed, which gives the stage times the theoretical limits are computed from.
+
+Both use the same tiny VLM, prompts (real CT/MR slices with a two-option modality question carried as a
+`Sample`), group size, completion length and seeds. Dynamic sampling is off so every step trains on the
+same number of rows whatever the rewards are (the work per step is then fixed). Warm-up steps are run
+first and not timed (optimizer state, allocator, first weight version).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import common
+from medgr2_ray.config import Config
+from medgr2_ray.types import GenerationRequest, Modality, Sample, TaskType
+
+QUESTION = "Which imaging modality is this? A. CT  B. MR. Answer with the letter."
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """What one GRPO step does."""
+
+    prompts_per_step: int
+    group_size: int
+    max_new_tokens: int
+    steps: int
+    warmup_steps: int = 2
+
+
+def job_config(shape: JobShape, max_staleness: int, seed: int = 0) -> Config:
+    """The system config of the job (1 rollout actor, 1 scorer, 1 learner rank, 1 torch thread each)."""
+    per_step = shape.prompts_per_step
+    return Config.model_validate({
+        "run": {"seed": seed, "torch_threads": 1},
+        "engine": {"max_batch_size": per_step * shape.group_size},
+        "rollout_pool": {"min_workers": 1, "max_workers": 1, "num_cpus": 1},
+        "scorer_pool": {"min_workers": 1, "max_workers": 1, "num_cpus": 0.5},
+        "learner": {"num_ranks": 1, "num_cpus_per_rank": 1, "micro_batch_size": per_step * shape.group_size, "lr": 1e-3},
+        "grpo": {"steps": shape.steps + shape.warmup_steps, "prompts_per_step": per_step, "group_size": shape.group_size,
+                 "max_new_tokens": shape.max_new_tokens, "dynamic_sampling": False, "max_staleness": max_staleness,
+                 "buffer_size": 4 * per_step},
+        "reward": {"alpha": 0.0, "beta": 1.0},
+        # One generate call per step's prompts: the plain loop makes the same single call.
+        "loop": {"requests_per_call": per_step, "checkpoint_every": 0},
+    })
+
+
+def job_requests(num: int) -> list[GenerationRequest]:
+    """CT and MR prompts (alternating), each with the `Sample` the scorer checks answers against."""
+    images = common.medical_images()
+    out = []
+    for i in range(num):
+        modality, answer = (Modality.CT, "CT") if i % 2 == 0 else (Modality.MR, "MR")
+        sample = Sample(f"s{i}", f"img{i % 2}", f"img{i % 2}.png", QUESTION, ("CT", "MR"), answer,
+                        TaskType.MODALITY, modality)
+        out.append(GenerationRequest(f"p{i}", QUESTION, (images[i % 2],), sample=sample))
+    return out
+
+
+@dataclass
+class LoopRun:
+    """A timed run of the Ray loop."""
+
+    max_staleness: int
+    wall_s: float
+    steps: int
+    samples: int
+    staleness: list[int]
+    dropped_stale: int
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.wall_s
+
+    @property
+    def step_s(self) -> float:
+        return self.wall_s / self.steps
+
+
+def run_loop(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int = 0) -> LoopRun:
+    """Build the actor system, run the warm-up steps, then time `shape.steps` more; always shuts down."""
+    from medgr2_ray.actors.system import ActorSystem
+    from medgr2_ray.loop.controller import Controller
+
+    cfg = job_config(shape, max_staleness, seed)
+    system = ActorSystem.build(cfg, policy_dir)
+    try:
+        while system.rollout.num_ready < 1 or system.scorer.num_ready < 1:
+            system.rollout.poll_ready(1.0)
+            system.scorer.poll_ready(1.0)
+        controller = Controller(cfg, system, job_requests(4 * shape.prompts_per_step))
+        controller.run(shape.warmup_steps)
+        trained_before = len(controller.ledger.trained_ids)
+        stale_before = len(controller.ledger.staleness)
+        start = time.perf_counter()
+        ledger = controller.run(shape.warmup_steps + shape.steps)
+        wall = time.perf_counter() - start
+        controller.close()
+        trained = len(ledger.trained_ids) - trained_before
+        return LoopRun(max_staleness, wall, shape.steps, trained * shape.group_size, ledger.staleness[stale_before:],
+                       len(ledger.dropped_stale_ids))
+    finally:
+        system.shutdown()
+
+
+@dataclass
+class PlainRun:
+    """Per-step stage seconds of the job run in one process without Ray."""
+
+    step_s: list[float] = field(default_factory=list)
+    generate_s: list[float] = field(default_factory=list)
+    score_s: list[float] = field(default_factory=list)
+    train_s: list[float] = field(default_factory=list)
+    export_s: list[float] = field(default_factory=list)
+    load_s: list[float] = field(default_factory=list)
+    samples: int = 0
+
+    @property
+    def wall_s(self) -> float:
+        return float(sum(self.step_s))
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.wall_s
+
+    def median(self, name: str) -> float:
+        return float(np.median(getattr(self, name)))
+
+
+def _score(requests: list[GenerationRequest], rollouts: list[Any], cfg: Config) -> list[Any]:
+    """The scorer's arithmetic (accuracy only, alpha = 0), without the actor."""
+    from medgr2_ray.actors.scorer import group_rollouts
+    from medgr2_ray.algo.rewards import accuracy_reward
+    from medgr2_ray.types import ScoredGroup
+
+    out = []
+    for request, group in zip(requests, group_rollouts(requests, rollouts)):
+        acc = accuracy_reward([request.sample] * len(group), [r.text for r in group])
+        out.append(ScoredGroup(request.request_id, request, group, cfg.reward.beta * np.asarray(acc, np.float32)))
+    return out
+
+
+def run_plain(shape: JobShape, policy_dir: Path, seed: int = 0) -> PlainRun:
+    """The same steps in this process (the HF engine's vision tokens suppressed, as in the actors)."""
+    from dataclasses import replace
+
+    from medgr2_ray.engines.hf import HFEngine
+    from medgr2_ray.learner.policy import PolicyLearner
+    from medgr2_ray.types import SamplingParams
+
+    common.suppress_vision_tokens()
+    cfg = job_config(shape, 0, seed)
+    engine = HFEngine(policy_dir, cfg.policy, cfg.engine, seed=seed + 1000)
+    learner = PolicyLearner(policy_dir, cfg.policy, cfg.learner, cfg.grpo, seed)
+    prompts = job_requests(4 * shape.prompts_per_step)
+    sampling = SamplingParams(n=shape.group_size, temperature=cfg.grpo.temperature, max_new_tokens=shape.max_new_tokens)
+    run = PlainRun()
+    for step in range(shape.warmup_steps + shape.steps):
+        start = time.perf_counter()
+        batch = [replace(prompts[(step * shape.prompts_per_step + k) % len(prompts)], request_id=f"{step}:{k}")
+                 for k in range(shape.prompts_per_step)]
+        gen_s, rollouts = common.timed(lambda: engine.generate(batch, sampling))
+        score_s, groups = common.timed(lambda: _score(batch, rollouts, cfg))
+        train_s, _ = common.timed(lambda: learner.grpo_step(groups))
+        export_s, flat = common.timed(learner.export_weights)
+        load_s, _ = common.timed(lambda: engine.load_weights(flat, learner.version))
+        if step < shape.warmup_steps:
+            continue
+        run.step_s.append(time.perf_counter() - start)
+        for name, value in (("generate_s", gen_s), ("score_s", score_s), ("train_s", train_s), ("export_s", export_s),
+                            ("load_s", load_s)):
+            getattr(run, name).append(value)
+        run.samples += shape.prompts_per_step * shape.group_size
+    return run
+
+
+def ray_init(num_cpus: int = 4) -> None:
+    """A local Ray cluster whose workers suppress vision tokens in the HF engine (common.py says why)."""
+    import os
+
+    import ray
+
+    here = str(Path(__file__).resolve().parent)
+    env = {"PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, namespace="medgr2-bench",
+             object_store_memory=1 << 30,
+             runtime_env={"env_vars": env, "worker_process_setup_hook": "common.suppress_vision_tokens"})
