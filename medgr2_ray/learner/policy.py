@@ -202,6 +202,16 @@ class PolicyLearner(Trainer):
 
     def grpo_step(self, groups: Sequence[ScoredGroup]) -> dict[str, float]:
         """One GRPO optimizer step on these groups (all ranks call it together with their own groups)."""
+        metrics = self.accumulate_grpo(groups)
+        if metrics["skipped"]:
+            return {**metrics, "version": float(self.version)}
+        return {**metrics, **self._apply_step()}
+
+    def accumulate_grpo(self, groups: Sequence[ScoredGroup]) -> dict[str, float]:
+        """Forward/backward of every micro-batch, gradients left accumulated (no optimizer step).
+
+        `skipped` is 1 when no rank had a trainable token: then nothing was accumulated.
+        """
         counts: Counter[str] = Counter()
         rows = self.policy_rows(groups, counts)
         mean_reward = [float(np.mean(g.rewards)) for g in groups if _group_problem(g) is None]
@@ -216,8 +226,8 @@ class PolicyLearner(Trainer):
         totals = global_sum([local_norm, sum(mean_reward), len(mean_reward), *[counts[k] for k in GRPO_COUNTS]])
         stats = dict(zip(GRPO_COUNTS, totals[3:]))
         stats["reward_mean"] = totals[1] / totals[2] if totals[2] > 0 else 0.0
-        if totals[0] <= 0:  # no rank has anything to learn from: skip the step everywhere, keep the version
-            return {**stats, "skipped": 1.0, "version": float(self.version)}
+        if totals[0] <= 0:  # no rank has anything to learn from: skip the step everywhere
+            return {**stats, "skipped": 1.0}
         self.model.eval()
         micro = split_micro_batches(rows, self.cfg.micro_batch_size)
         parts, weights = [], []
@@ -227,7 +237,7 @@ class PolicyLearner(Trainer):
             parts.append(metrics)
             weights.append(metrics["tokens"] * weight)
         out = reduce_metrics(parts, weights, summed=("loss", "pg_loss", "tokens"), maxed=("ratio_max",))
-        return {**out, **stats, **self._apply_step(), "skipped": 0.0}
+        return {**out, **stats, "skipped": 0.0}
 
     # ------------------------------------------------------------ SFT
 
