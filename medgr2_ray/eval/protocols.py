@@ -87,7 +87,8 @@ def modality_question(image: MedImage, modalities: Sequence[Modality], seed: int
     stem = rng.choice(MODALITY_STEMS)
     return Sample(
         sample_id=f"test-{image.image_id}-{k}", image_id=image.image_id, image_path=image.path,
-        question=render_question(stem, options), options=tuple(options), answer=display_name(image.modality),
+        question=render_question(stem, options, inline_options=False), options=tuple(options),
+        answer=display_name(image.modality),
         task_type=TaskType.MODALITY, modality=image.modality, dataset="heldout",
     )
 

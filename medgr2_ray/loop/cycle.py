@@ -68,9 +68,13 @@ def prepare_data(cfg: Config) -> CycleData:
     seeds = [q for image in train for k in range(cfg.cycle.seeds_per_image)
              if (q := modality_question(image, modalities, cfg.run.seed, k)) is not None]
     if TaskType.ANATOMY.value in cfg.cycle.tasks:
-        seeds += make_template_samples(train, cfg.run.seed, tasks=[TaskType.ANATOMY], per_image=cfg.cycle.seeds_per_image)
+        seeds += make_template_samples(train, cfg.run.seed, tasks=[TaskType.ANATOMY], per_image=cfg.cycle.seeds_per_image,
+                                       inline_options=False)
+    # Test distractors come from the test set's own modalities: no option is wrong a priori, so an
+    # image-blind ordering stays near chance (the reported blind bound says how near).
+    test_modalities = sorted({i.modality for i in test if i.modality != Modality.OTHER}, key=lambda m: m.value)
     test_samples = balanced_modality_test(
-        test, lambda image, k: modality_question(image, modalities, cfg.run.seed + 1, k),
+        test, lambda image, k: modality_question(image, test_modalities, cfg.run.seed + 1, k),
         cfg.solver.eval_per_modality, cfg.run.seed)
     return CycleData(pool, train, test, seeds, test_samples)
 
@@ -113,6 +117,24 @@ def run_rounds(cfg: Config, data: CycleData, run_dir: Path, log: RunLog, progres
         evo.shutdown()
 
 
+def _external_tests(cfg: Config, model_dir: Path, run_dir: Path) -> dict[str, EvalResult]:
+    """The OmniMedVQA-format test sets the config names, scored with the same protocol; a record that
+    cannot be read is counted in `eval/<name>.errors.json`, never silently skipped."""
+    from medgr2_ray.data.formats import read_omnimedvqa
+    from medgr2_ray.data.store import RecordError
+
+    out: dict[str, EvalResult] = {}
+    for path in cfg.data.test_sets:
+        errors: list[RecordError] = []
+        samples = read_omnimedvqa(path, require_images=True, errors=errors)
+        name = Path(path).stem
+        (run_dir / "eval").mkdir(exist_ok=True)
+        (run_dir / "eval" / f"{name}.errors.json").write_text(json.dumps([str(e) for e in errors], indent=1))
+        if samples:
+            out[name] = evaluate_solver(cfg, model_dir, samples, run_dir, f"3_{name}")
+    return out
+
+
 def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleResult:
     """Run every stage (see the module docstring); Ray must be initialised."""
     from medgr2_ray.loop.grpo_stage import run_grpo
@@ -132,9 +154,11 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleRes
         for i, loss in enumerate(sft.losses):
             log.log(i, {"loss": loss}, "solver_sft")
         evals["after_sft"] = evaluate_solver(cfg, sft.model_dir, data.test_samples, run_dir, "1_after_sft")
+        final = sft.model_dir
         if cfg.solver.grpo and cfg.grpo.steps > 0:
             final = run_grpo(cfg, sft.model_dir, rm_dir, train_set, _pixels(data.pool), run_dir, progress, resume)
             evals["after_grpo"] = evaluate_solver(cfg, final, data.test_samples, run_dir, "2_after_grpo")
+        evals.update(_external_tests(cfg, final, run_dir))
         for name, result in evals.items():
             log.log(0, {"accuracy": result.accuracy, "blind_bound": result.blind_bound}, f"eval_{name}")
     report = build_report(run_dir)

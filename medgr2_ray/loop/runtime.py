@@ -24,7 +24,11 @@ def init_ray(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, object] = {"namespace": cfg.ray.namespace, "log_to_driver": True}
+    # Every worker: offline unless a hub model is named, quiet model loading, one tokenizer thread.
+    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "RAY_USAGE_STATS_ENABLED")}
+    env.update({"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    kwargs: dict[str, object] = {"namespace": cfg.ray.namespace, "log_to_driver": True,
+                                 "runtime_env": {"env_vars": env}}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kwargs)
