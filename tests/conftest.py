@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,9 @@ def ray_cluster() -> Iterator[None]:
         ray.init(num_cpus=4, include_dashboard=False, namespace="medgr2-tests", log_to_driver=True)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache directory (seed pool, tiny models) built once and shared by the whole session."""
+    return tmp_path_factory.mktemp("medgr2_cache")
