@@ -31,9 +31,10 @@ import torch.distributed as dist
 
 from medgr2_ray.config import LearnerConfig
 
-# Fields of a DeepSpeed ZeRO optimizer state_dict that hold live objects (loss scaler, enums): they are
+# Fields of a DeepSpeed ZeRO optimizer state_dict that hold live objects (loss scaler, enums, fragment
+# maps derived from the parameter layout): they are
 # not stored; on load they come from the freshly built optimizer's own state_dict.
-_DS_LIVE_KEYS = ("loss_scaler", "zero_stage", "ds_version")
+_DS_LIVE_KEYS = ("loss_scaler", "zero_stage", "ds_version", "param_slice_mappings")
 
 
 def lr_multiplier(cfg: LearnerConfig) -> Callable[[int], float]:
@@ -174,11 +175,31 @@ class DeepSpeedStrategy:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
         self.module = self.engine
+        self._params = params
         self._zero3 = cfg.zero_stage == 3
+        self._touch: torch.Tensor | None = None
+        self.engine.register_forward_pre_hook(self._before_forward)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate; DeepSpeed averages over ranks, so scale by world size to get our sum."""
+        if self._touch is not None:
+            loss = loss + self._touch
+            self._touch = None
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+
+    def _before_forward(self, *_: Any) -> None:
+        """Build the zero-valued "touch" of every parameter *before* the model's forward (see below).
+
+        ZeRO-2 reduces gradients from per-parameter hooks into buckets, in the order the hooks fire, and
+        assumes that order is the same on every rank. It is not when ranks run different parameters (the
+        vision tower on an image micro-batch, not on a text-only one): buckets then pair up the wrong
+        parameters and the sums are silently wrong. Adding 0 * (one element of every parameter) to the
+        loss gives every parameter a gradient on every rank; building that term before the forward gives
+        its autograd nodes the lowest sequence numbers, so they run last in backward and every
+        parameter's hook fires at the end, in parameter-list order, identically on all ranks.
+        """
+        if self.world_size > 1 and not self._zero3 and torch.is_grad_enabled():
+            self._touch = 0.0 * torch.stack([p.reshape(-1)[0] for p in self._params]).sum()
 
     def step(self) -> float:
         """DeepSpeed reduces, clips, updates and steps the scheduler at this boundary."""
