@@ -97,6 +97,7 @@ EOF
 )
 if [ -n "$missing" ]; then
   echo "  installing: $(echo "$missing" | tr '\n' ' ')"
+  echo "  (pip may then say medgr2-ray wants ray and transformers 5.24: expected in this lane, see above)"
   mapfile -t missing_arr <<< "$missing"
   "${pip[@]}" -c "$constraints" "${missing_arr[@]}"
 else

@@ -205,13 +205,16 @@ class VLLMEngine:
         rollouts = [r for request, output in zip(requests, outputs) for r in self._rollouts(request, output, sampling)]
         if sampling.temperature <= 0 and sampling.n > 1:
             # vLLM refuses n > 1 for greedy decoding; the n samples are identical, so decode once and copy.
-            rollouts = [replace(r, index=i) for r in rollouts for i in range(sampling.n)]
+            rollouts = [replace(r, index=i, logprobs=r.logprobs.copy()) for r in rollouts for i in range(sampling.n)]
         return rollouts
 
     def _prompt(self, request: GenerationRequest) -> dict[str, Any]:
         """A vLLM TokensPrompt: chat-templated ids with one placeholder per image, images as PIL."""
         from PIL import Image
 
+        problem = processing.check_request(request)  # the HF path's validation, same messages
+        if problem is not None:
+            raise ValueError(problem)
         text = processing._chat_text(self._chat_view, request)
         ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
         if ids.count(self._image_token_id) != len(request.images):
@@ -229,8 +232,9 @@ class VLLMEngine:
     def _vllm_params(self, sampling: SamplingParams, seed: int) -> Any:
         from vllm import SamplingParams as VSamplingParams
 
+        greedy = sampling.temperature <= 0
         return VSamplingParams(
-            n=1 if sampling.temperature <= 0 else sampling.n, temperature=max(sampling.temperature, 0.0), top_p=sampling.top_p,
+            n=1 if greedy else sampling.n, temperature=0.0 if greedy else sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k, max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None,
             stop_token_ids=self._eos_ids, seed=seed, logprobs=0, skip_special_tokens=True,
         )

@@ -182,7 +182,7 @@ def test_bad_requests_are_refused_by_id_and_the_engine_goes_on(
     with pytest.raises(ValueError, match="float-image.*uint8"):
         engine.generate([requests[1], floats], GREEDY)
     smuggled = GenerationRequest("smuggled", "Look: <|image_pad|>")
-    with pytest.raises(ValueError, match="smuggled.*placeholders"):
+    with pytest.raises(ValueError, match="smuggled.*placeholder"):
         engine.generate([smuggled], GREEDY)
     with pytest.raises(ValueError, match="n and max_new_tokens"):
         engine.generate(requests, SamplingParams(n=0))
