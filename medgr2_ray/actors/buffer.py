@@ -25,12 +25,24 @@ class BufferFull(RuntimeError):
 
 
 @dataclass(frozen=True)
+class BufferSnapshot:
+    """The versions of every buffered group after operation number `seq` (oldest first).
+
+    Every put and take returns one; the controller keeps the one with the highest `seq`, so replies
+    that arrive out of order can never roll its view of the buffer back."""
+
+    seq: int
+    versions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class PutReceipt:
     """What a `put` did: the versions of the accepted groups and the ids refused as duplicates."""
 
     accepted_versions: tuple[int, ...]
     duplicate_ids: tuple[str, ...]
     depth: int
+    snapshot: "BufferSnapshot"
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,7 @@ class TakeResult:
 
     batch: TrainBatch
     dropped_stale_ids: tuple[str, ...]
+    snapshot: BufferSnapshot
 
     @property
     def group_ids(self) -> tuple[str, ...]:
@@ -71,7 +84,12 @@ class RolloutBuffer:
         self._taken = 0
         self._dropped_stale: list[str] = []
         self._duplicates: list[str] = []
+        self._seq = 0
         self._metrics = Metrics()
+
+    def _snapshot(self) -> BufferSnapshot:
+        self._seq += 1
+        return BufferSnapshot(self._seq, tuple(g.weight_version for g in self._queue))
 
     def put(self, groups: list[ScoredGroup]) -> PutReceipt:
         """Append groups (all or none); refuse ids seen before; raise `BufferFull` past capacity."""
@@ -88,7 +106,7 @@ class RolloutBuffer:
         self._seen.update(g.group_id for g in fresh)
         self._duplicates.extend(dup_ids)
         self._metrics.record(BUFFER_DEPTH, len(self._queue))
-        return PutReceipt(tuple(g.weight_version for g in fresh), dup_ids, len(self._queue))
+        return PutReceipt(tuple(g.weight_version for g in fresh), dup_ids, len(self._queue), self._snapshot())
 
     def take(self, n: int, learner_version: int, max_staleness: int) -> TakeResult:
         """The oldest `n` fresh groups (fewer if fewer exist), after dropping every too-stale one.
@@ -105,7 +123,7 @@ class RolloutBuffer:
         self._taken += len(chosen)
         self._metrics.record(BUFFER_DEPTH, len(self._queue))
         chosen.sort(key=lambda g: g.group_id)
-        return TakeResult(TrainBatch(tuple(chosen), learner_version), tuple(dropped))
+        return TakeResult(TrainBatch(tuple(chosen), learner_version), tuple(dropped), self._snapshot())
 
     def stats(self) -> BufferStats:
         """Current depth and versions, and run-long counters."""
@@ -118,6 +136,10 @@ class RolloutBuffer:
             dropped_stale=len(self._dropped_stale),
             duplicates=len(self._duplicates),
         )
+
+    def queued_ids(self) -> tuple[str, ...]:
+        """Ids of the groups waiting in the buffer, oldest first."""
+        return tuple(g.group_id for g in self._queue)
 
     def dropped_ids(self) -> tuple[str, ...]:
         """Every group id dropped as stale so far (for the no-loss accounting)."""

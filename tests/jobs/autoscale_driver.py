@@ -15,7 +15,8 @@ import time
 import ray
 
 from medgr2_ray.config import PoolConfig
-from medgr2_ray.loop.autoscale import ScalePolicy, ScaleSignals, ScaleState, WorkerPool, decide
+from medgr2_ray.actors.pool import WorkerPool
+from medgr2_ray.loop.autoscale import ScalePolicy, ScaleSignals, ScaleState, decide
 
 
 class RolloutProbe:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ray
 
 from medgr2_ray.config import PoolConfig
-from medgr2_ray.loop.autoscale import ScalePolicy, ScaleSignals, ScaleState, WorkerPool, decide
+from medgr2_ray.actors.pool import WorkerPool
+from medgr2_ray.loop.autoscale import ScalePolicy, ScaleSignals, ScaleState, decide
 
 POLICY = ScalePolicy(min_workers=1, max_workers=3, wait_up_s=0.5, fill_down=0.9, patience=2)
 WAIT = ScaleSignals(learner_wait_s=2.0, buffer_fill=0.1)

@@ -1,0 +1,38 @@
+"""What every long-lived actor reports about itself (`ready()`), and the per-process set-up they share."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import ray
+
+
+@dataclass(frozen=True)
+class ActorInfo:
+    """Identity of a live actor: its Ray name, process, node, and the weight version it holds."""
+
+    name: str
+    pid: int
+    node_id: str
+    weight_version: int
+    restarted: bool  # True after Ray restarted this actor (max_restarts)
+
+
+def actor_info(weight_version: int) -> ActorInfo:
+    """This actor's `ActorInfo` (called inside the actor)."""
+    ctx = ray.get_runtime_context()
+    return ActorInfo(
+        name=ctx.get_actor_name() or "",
+        pid=os.getpid(),
+        node_id=ctx.get_node_id(),
+        weight_version=weight_version,
+        restarted=bool(ctx.was_current_actor_reconstructed),
+    )
+
+
+def limit_threads(torch_threads: int) -> None:
+    """One torch thread pool size per actor process: several actors share the node's cores."""
+    import torch
+
+    torch.set_num_threads(torch_threads)

@@ -1,0 +1,316 @@
+"""The continuous asynchronous GRPO loop: generation, scoring and learning overlap, one screen to read.
+
+`Controller.run` is an event loop over object refs (slime's train_async.py in spirit). Each prompt goes
+generate (a RolloutActor) -> score (a ScorerActor) -> put (the RolloutBuffer); each stage is submitted
+when the previous one finished, so a slow call never blocks others in an actor's queue, and the data
+itself moves between actors through the object store, never through this process. Whenever the learner
+is idle and the buffer holds a batch of fresh groups, the next step starts; its rank 0 publishes new
+weights that the next generate calls carry.
+
+Staleness. A prompt launched now is trained after the steps already running and the `queued // n`
+full batches ahead of it (n groups a step); each step advances the version by at most one (a skipped
+step: zero), so its staleness is at most their sum, and it is launched only if that is within
+`max_staleness`. So `max_staleness=0` launches a step's prompts only after the previous step
+published: exactly the synchronous algorithm. The buffer still enforces the bound (groups that fell
+behind, e.g. after a restart, are dropped and counted). Back-pressure: groups in flight plus buffered
+never exceed `grpo.buffer_size`.
+
+Faults. A generate/score/put chain that fails because an actor died (Ray restarts it, `max_restarts`)
+puts its requests back at the head of the queue: re-issued, counted, and deduplicated by id in the
+buffer, so the trained ids prove nothing was lost or trained twice. Checkpoints (`checkpoint`) hold the
+learner, the buffer, the prompt cursor and the requests in flight, and `resume` continues from them.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from medgr2_ray.actors.buffer import BufferSnapshot, PutReceipt
+from medgr2_ray.actors.learner import StepReport
+from medgr2_ray.actors.monitor import LoopStatus, PoolStatus
+from medgr2_ray.actors.persist import load_messages, save_messages
+from medgr2_ray.actors.pool import Member
+from medgr2_ray.actors.system import ActorSystem
+from medgr2_ray.config import Config
+from medgr2_ray.loop.autoscale import PoolAutoscaler, ScaleSignals
+from medgr2_ray.metrics import LEARNER_WAIT_S, REQUESTS_REISSUED, Metrics, RunLog
+from medgr2_ray.types import GenerationRequest, SamplingParams, WeightVersion
+
+MAX_CALLS_PER_ACTOR = 2  # one running, one queued: an actor never idles between calls
+
+
+@dataclass
+class Flight:
+    """One call in flight: its stage, the actor it runs on, and the requests it carries."""
+
+    stage: str  # "generate" | "score" | "put" | "learn"
+    requests: tuple[GenerationRequest, ...]
+    member: Member | None = None
+    refs: tuple[Any, ...] = ()  # the other ranks' StepReport refs, for "learn"
+    chain: tuple[Member, ...] = ()  # the actors this chain ran on (blamed if it fails)
+
+
+@dataclass
+class Ledger:
+    """Everything counted, so a run can prove where every request went."""
+
+    trained_ids: list[str] = field(default_factory=list)
+    dropped_stale_ids: list[str] = field(default_factory=list)
+    duplicate_ids: list[str] = field(default_factory=list)
+    reissued: int = 0
+    staleness: list[int] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    published: list[int] = field(default_factory=list)  # weight versions handed to rollout actors
+    rollout_versions: set[int] = field(default_factory=set)  # versions that produced buffered groups
+
+
+class Controller:
+    """Drives an `ActorSystem` through `steps` asynchronous GRPO steps (see the module docstring)."""
+
+    def __init__(self, cfg: Config, system: ActorSystem, requests: Sequence[GenerationRequest],
+                 run_dir: str | Path | None = None) -> None:
+        if not requests:
+            raise ValueError("the controller needs at least one prompt")
+        self.cfg, self.sys, self.prompts = cfg, system, list(requests)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.log = RunLog(self.run_dir) if self.run_dir is not None else None
+        self.n = cfg.grpo.prompts_per_step
+        self.sampling = SamplingParams(n=cfg.grpo.group_size, temperature=cfg.grpo.temperature,
+                                       max_new_tokens=cfg.grpo.max_new_tokens)
+        self.cursor, self.steps_started, self.steps_done = 0, 0, 0
+        self.retry: deque[GenerationRequest] = deque()
+        self.flights: dict[Any, Flight] = {}
+        self.unscored: deque[tuple[Any, Flight]] = deque()  # generated, waiting for a ready scorer
+        self.buffered: Counter[int] = Counter()
+        self.snapshot_seq = 0
+        self.ledger = Ledger()
+        self.weights: WeightVersion = system.learner.publish()
+        self.ledger.published.append(self.weights.version)
+        self.idle_since: float | None = time.perf_counter()
+        self.last_wait = 0.0
+        self.started = time.perf_counter()
+        self.autoscaler = PoolAutoscaler(system.rollout, cfg.rollout_pool, cfg.loop)
+        self.metrics = Metrics()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, steps: int) -> Ledger:
+        """Run until `steps` learner steps are done in total (counting steps before a resume)."""
+        while self.steps_done < steps:
+            self.sys.rollout.poll_ready()
+            self.sys.scorer.poll_ready()
+            while self.unscored and self._submit_score(*self.unscored[0]):
+                self.unscored.popleft()
+            self._launch_generation(steps)
+            self._maybe_start_step(steps)
+            if not self.flights:  # nothing running: wait for an actor to (re)start instead
+                self.sys.rollout.poll_ready(self.cfg.loop.poll_s)
+                self.sys.scorer.poll_ready(self.cfg.loop.poll_s)
+                continue
+            done, _ = ray.wait(list(self.flights), num_returns=1, timeout=self.cfg.loop.poll_s, fetch_local=False)
+            for ref in done:
+                self._on_done(ref, self.flights.pop(ref))
+        return self.ledger
+
+    # ------------------------------------------------------------------ generation side
+    def _in_flight(self) -> list[Flight]:
+        return [f for f in self.flights.values() if f.stage != "learn"] + [f for _, f in self.unscored]
+
+    def _in_flight_groups(self) -> int:
+        return sum(len(f.requests) for f in self._in_flight())
+
+    def _launchable(self, steps: int) -> int:
+        """How many more prompts may start now (staleness bound, back-pressure, end of run)."""
+        fresh = sum(c for v, c in self.buffered.items() if self.weights.version - v <= self.cfg.grpo.max_staleness)
+        queued = self._in_flight_groups() + fresh
+        # A step advances the version by at most one (a skipped step: zero), so a group queued behind
+        # `steps_started - steps_done` running steps and `queued // n` full batches lags by at most that.
+        by_staleness = (self.cfg.grpo.max_staleness - (self.steps_started - self.steps_done) + 1) * self.n
+        by_capacity = self.cfg.grpo.buffer_size - self._in_flight_groups() - sum(self.buffered.values())
+        by_end = (steps - self.steps_started) * self.n
+        return max(0, min(by_staleness - queued, by_capacity, by_end - queued))
+
+    def _next_request(self) -> GenerationRequest:
+        if self.retry:
+            return self.retry.popleft()
+        base = self.prompts[self.cursor % len(self.prompts)]
+        # Ids sort in cursor order and are unique across epochs over the prompt list.
+        request = replace(base, request_id=f"r{self.cursor:08d}:{base.request_id}")
+        self.cursor += 1
+        return request
+
+    def _launch_generation(self, steps: int) -> None:
+        budget = self._launchable(steps)
+        while budget > 0:
+            member = self.sys.rollout.least_busy(MAX_CALLS_PER_ACTOR)
+            if member is None:
+                return
+            batch = tuple(self._next_request() for _ in range(min(budget, self.cfg.loop.requests_per_call)))
+            seed = zlib.crc32(f"{self.cfg.run.seed}:{batch[0].request_id}".encode())  # same prompts, same samples
+            ref = member.handle.generate.remote(list(batch), replace(self.sampling, seed=seed), self.weights)
+            member.in_flight += 1
+            self.flights[ref] = Flight("generate", batch, member)
+            budget -= len(batch)
+
+    def _on_done(self, ref: Any, flight: Flight) -> None:
+        if flight.member is not None:
+            flight.member.in_flight -= 1
+        if flight.stage == "generate":
+            if self.unscored or not self._submit_score(ref, flight):
+                self.unscored.append((ref, flight))
+        elif flight.stage == "score":
+            self.flights[self.sys.buffer.put.remote(ref)] = Flight("put", flight.requests, chain=flight.chain)
+        elif flight.stage == "put":
+            self._on_put(ref, flight)
+        else:
+            self._on_step([ray.get(r) for r in (ref, *flight.refs)])
+
+    def _submit_score(self, gen_ref: Any, flight: Flight) -> bool:
+        """Send rollouts to the least busy ready scorer (queueing there blocks nobody: the rollouts
+        exist already); False when no scorer is ready (starting or restarting)."""
+        member = self.sys.scorer.least_busy(max_in_flight=1 << 30)
+        if member is None:
+            return False
+        ref = member.handle.score.remote(list(flight.requests), gen_ref)
+        member.in_flight += 1
+        self.flights[ref] = Flight("score", flight.requests, member, chain=(flight.member, member))  # type: ignore[arg-type]
+        return True
+
+    def _on_put(self, ref: Any, flight: Flight) -> None:
+        try:
+            receipt: PutReceipt = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            # A rollout or scorer actor died with this chain: do the requests again (Ray restarts it).
+            self.retry.extendleft(reversed(flight.requests))
+            self.ledger.reissued += len(flight.requests)
+            self.metrics.record(REQUESTS_REISSUED, len(flight.requests), pool="chain")
+            print(f"[controller] re-issuing {len(flight.requests)} requests after {type(exc).__name__}")
+            self._suspect(flight.chain)
+            return
+        self.ledger.duplicate_ids.extend(receipt.duplicate_ids)
+        self.ledger.rollout_versions.update(receipt.accepted_versions)
+        self._take_snapshot(receipt.snapshot)
+
+    def _suspect(self, chain: tuple[Member, ...]) -> None:
+        """Take the chain's actors out of rotation until they answer `ready()` (Ray restarts a dead one)."""
+        for member in chain:
+            for pool in (self.sys.rollout, self.sys.scorer):
+                pool.suspect(member)
+
+    def _take_snapshot(self, snapshot: BufferSnapshot) -> None:
+        if snapshot.seq > self.snapshot_seq:
+            self.snapshot_seq, self.buffered = snapshot.seq, Counter(snapshot.versions)
+
+    # ------------------------------------------------------------------ learner side
+    def _maybe_start_step(self, steps: int) -> None:
+        if any(f.stage == "learn" for f in self.flights.values()) or self.steps_started >= steps:
+            return
+        fresh = sum(c for v, c in self.buffered.items() if self.weights.version - v <= self.cfg.grpo.max_staleness)
+        if fresh < self.n:
+            return
+        take = self.sys.buffer.take.remote(self.n, self.weights.version, self.cfg.grpo.max_staleness)
+        first, *others = self.sys.learner.grpo_step(take)
+        self.flights[first] = Flight("learn", (), refs=tuple(others))
+        self.steps_started += 1
+        self.last_wait = time.perf_counter() - (self.idle_since or time.perf_counter())
+        self.metrics.record(LEARNER_WAIT_S, self.last_wait)
+
+    def _on_step(self, reports: list[StepReport]) -> None:
+        lead = reports[0]
+        self.idle_since = time.perf_counter()
+        self.steps_done += 1
+        for report in reports:
+            self.ledger.trained_ids.extend(report.group_ids)
+            self.ledger.staleness.extend(lead.learner_version - v for v in report.group_versions)
+        self.ledger.dropped_stale_ids.extend(lead.dropped_stale_ids)
+        if lead.buffer_snapshot is not None:
+            self._take_snapshot(lead.buffer_snapshot)
+        self.ledger.rewards.append(lead.metrics.get("reward_mean", float("nan")))
+        if lead.weights is not None:
+            self.weights = lead.weights
+            self.ledger.published.append(lead.weights.version)
+        self.buffered = Counter({v: c for v, c in self.buffered.items()
+                                 if self.weights.version - v <= self.cfg.grpo.max_staleness})
+        fill = sum(self.buffered.values()) / self.cfg.grpo.buffer_size
+        self.autoscaler.observe(ScaleSignals(learner_wait_s=self.last_wait, buffer_fill=fill))
+        self._report(lead)
+        every = self.cfg.loop.checkpoint_every
+        if self.run_dir is not None and every and self.steps_done % every == 0:
+            self.checkpoint(self.run_dir / "checkpoints" / f"step_{self.steps_done:06d}")
+
+    def _report(self, lead: StepReport) -> None:
+        values = {k: v for k, v in lead.metrics.items() if np.isscalar(v)}
+        values.update(learner_wait_s=self.last_wait, version=float(self.weights.version),
+                      buffered=float(sum(self.buffered.values())), reissued=float(self.ledger.reissued),
+                      dropped_stale=float(len(self.ledger.dropped_stale_ids)), rollout_workers=len(self.sys.rollout.members))
+        if self.log is not None:
+            self.log.log(self.steps_done, values)
+        self.sys.monitor.push.remote(self.status())
+
+    def status(self) -> LoopStatus:
+        """A snapshot for `medgr2 status`."""
+        seconds = time.perf_counter() - self.started
+        pools = tuple(
+            PoolStatus(p.name, len(p.members), p.num_ready, sum(m.in_flight for m in p.members),
+                       tuple(m.info.weight_version for m in p.members if m.info is not None))
+            for p in (self.sys.rollout, self.sys.scorer)
+        )
+        return LoopStatus(
+            run=self.cfg.run.name, step=self.steps_done, steps=self.cfg.grpo.steps, version=self.weights.version,
+            buffer_depth=sum(self.buffered.values()), buffer_capacity=self.cfg.grpo.buffer_size,
+            in_flight_groups=self._in_flight_groups(), groups_trained=len(self.ledger.trained_ids),
+            groups_dropped_stale=len(self.ledger.dropped_stale_ids), requests_reissued=self.ledger.reissued,
+            reward_mean=self.ledger.rewards[-1] if self.ledger.rewards else float("nan"),
+            samples_per_s=len(self.ledger.trained_ids) * self.cfg.grpo.group_size / max(seconds, 1e-9),
+            seconds=seconds, pools=pools,
+        )
+
+    def outstanding_ids(self) -> list[str]:
+        """Requests issued but not yet in the buffer (in flight or waiting to be re-issued)."""
+        return [r.request_id for f in self._in_flight() for r in f.requests] + [r.request_id for r in self.retry]
+
+    # ------------------------------------------------------------------ checkpoint / resume
+    def checkpoint(self, directory: str | Path) -> Path:
+        """Learner (weights, optimizer, RNG, version), buffer, cursor and the requests still in flight."""
+        path = Path(directory)
+        self.sys.learner.save_checkpoint(path / "learner", {"steps_done": self.steps_done})
+        ray.get(self.sys.buffer.save.remote(str(path / "buffer")))
+        pending = [r for f in self._in_flight() for r in f.requests] + list(self.retry)
+        save_messages(path / "controller", {
+            "cursor": self.cursor, "steps_done": self.steps_done, "pending": sorted(pending, key=lambda r: r.request_id),
+            "trained_ids": self.ledger.trained_ids, "dropped_stale_ids": self.ledger.dropped_stale_ids,
+            "reissued": self.ledger.reissued, "rewards": [float(r) for r in self.ledger.rewards],
+        })
+        return path
+
+    def resume(self, directory: str | Path) -> None:
+        """Continue from `checkpoint(directory)`: in-flight requests of then are issued again first."""
+        path = Path(directory)
+        if self.flights or self.unscored or self.steps_done:
+            raise RuntimeError("resume a fresh controller, before run()")
+        self.sys.learner.load_checkpoint(path / "learner")
+        stats = ray.get(self.sys.buffer.load.remote(str(path / "buffer")))
+        state = load_messages(path / "controller")
+        self.cursor, self.steps_done = int(state["cursor"]), int(state["steps_done"])
+        self.steps_started = self.steps_done
+        self.retry = deque(state["pending"])
+        self.ledger.trained_ids = list(state["trained_ids"])
+        self.ledger.dropped_stale_ids = list(state["dropped_stale_ids"])
+        self.ledger.reissued = int(state["reissued"])
+        self.ledger.rewards = list(state["rewards"])
+        self.buffered = Counter(stats.versions)
+        self.weights = self.sys.learner.publish()
+        self.ledger.published.append(self.weights.version)
+
+    def close(self) -> None:
+        """Flush the run log."""
+        if self.log is not None:
+            self.log.close()
