@@ -3,6 +3,7 @@ decoded by the project's own ingestion code, and small prompt sets."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,12 @@ def medical_image(name: str) -> np.ndarray:
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen2-VL directory (default TinyModelConfig, seed 0)."""
     return ensure_model_dir(ModelConfig(), tmp_path_factory.mktemp("learner-cache"), seed=0, role="policy")
+
+
+@pytest.fixture(scope="session")
+def dicom_rgb() -> Callable[[str], np.ndarray]:
+    """`medical_image` for tests that need other pydicom-data files."""
+    return medical_image
 
 
 @pytest.fixture(scope="session")
