@@ -33,13 +33,13 @@ from medgr2_ray.learner.logprobs import completion_logprobs, forward_tail
 from medgr2_ray.learner.microbatch import global_sum, reduce_metrics, split_micro_batches, synced_micro_batch_count
 from medgr2_ray.learner.trainer import Trainer, inputs_to
 from medgr2_ray.models.loading import LoadedVLM, apply_lora, load_vlm
-from medgr2_ray.models.processing import encode_prompt_completions
+from medgr2_ray.models.processing import check_request, encode_prompt_completions
 from medgr2_ray.types import GenerationRequest, ScoredGroup, SFTExample
 
 
 # What a GRPO step counts (summed over ranks): nothing is dropped without showing up here.
 GRPO_COUNTS = (
-    "groups_in", "groups_trained", "groups_dropped_uniform", "groups_dropped_rewards_mismatch",
+    "groups_in", "groups_trained", "groups_dropped_uniform", "groups_dropped_bad_request", "groups_dropped_rewards_mismatch",
     "groups_dropped_rewards_nonfinite", "rollouts_dropped_empty", "rollouts_dropped_bad_logprobs", "rows",
 )
 
@@ -64,6 +64,8 @@ class TokenRow:
 
 def _group_problem(group: ScoredGroup) -> str | None:
     """Why a group cannot be trained on, or None when it is well-formed."""
+    if check_request(group.request) is not None:
+        return "bad_request"
     rewards = np.asarray(group.rewards, dtype=np.float64).reshape(-1)
     if len(rewards) != len(group.rollouts):
         return "rewards_mismatch"
@@ -241,8 +243,10 @@ class PolicyLearner(Trainer):
 
     # ------------------------------------------------------------ SFT
 
-    def _token_rows(self, examples: Sequence[SFTExample]) -> list[TokenRow]:
-        return [TokenRow(e.request, self.target_token_ids(e.target)) for e in examples]
+    def _token_rows(self, examples: Sequence[SFTExample]) -> tuple[list[TokenRow], int]:
+        """(rows to train on, number of examples dropped because their request cannot be encoded)."""
+        usable = [e for e in examples if check_request(e.request) is None]
+        return [TokenRow(e.request, self.target_token_ids(e.target)) for e in usable], len(examples) - len(usable)
 
     def _sft_micro(self, rows: Sequence[TokenRow], normalizer: float, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         """sft_loss over one micro-batch, on the logits of the completion window only."""
@@ -251,11 +255,11 @@ class PolicyLearner(Trainer):
         labels = inputs.input_ids[:, tail.start :]
         return sft_loss(tail.logits, labels, mask[:, tail.start :].float(), normalizer)
 
-    def _sft_pass(self, rows: Sequence[TokenRow], train: bool) -> dict[str, float]:
+    def _sft_pass(self, rows: Sequence[TokenRow], dropped: int, train: bool) -> dict[str, float]:
         """Accumulate SFT gradients (train) or just losses over all micro-batches and ranks."""
-        total = global_sum([sum(len(r.completion) for r in rows)])[0]
+        total, dropped_all = global_sum([sum(len(r.completion) for r in rows), dropped])
         if total <= 0:
-            return {"loss": 0.0, "tokens": 0.0, "skipped": 1.0}
+            return {"loss": 0.0, "tokens": 0.0, "examples_dropped_bad_request": dropped_all, "skipped": 1.0}
         micro = split_micro_batches(rows, self.cfg.micro_batch_size)
         parts, weights = [], []
         model = self.strategy.module if train else self.model
@@ -267,12 +271,13 @@ class PolicyLearner(Trainer):
                 self.strategy.backward(loss * weight)
             parts.append(metrics)
             weights.append(metrics["tokens"] * weight)
-        return reduce_metrics(parts, weights, summed=("loss", "tokens"))
+        metrics = reduce_metrics(parts, weights, summed=("loss", "tokens"))
+        return {**metrics, "examples_dropped_bad_request": dropped_all}
 
     def sft_step(self, examples: Sequence[SFTExample]) -> dict[str, float]:
         """One optimizer step of next-token cross-entropy on the targets (mean over all target tokens)."""
         self.model.train()
-        metrics = self._sft_pass(self._token_rows(examples), train=True)
+        metrics = self._sft_pass(*self._token_rows(examples), train=True)
         if metrics.get("skipped"):
             return {**metrics, "version": float(self.version)}
         return {**metrics, **self._apply_step(), "skipped": 0.0}
@@ -280,4 +285,4 @@ class PolicyLearner(Trainer):
     def eval_loss(self, examples: Sequence[SFTExample]) -> dict[str, float]:
         """Mean per-token cross-entropy of the targets, no update (for held-out evaluation)."""
         with self.evaluating():
-            return self._sft_pass(self._token_rows(examples), train=False)
+            return self._sft_pass(*self._token_rows(examples), train=False)

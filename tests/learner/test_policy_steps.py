@@ -109,8 +109,11 @@ def test_bad_and_uniform_groups_are_dropped_and_counted(tiny_dir: Path, mixed_re
     short = ScoredGroup("short", good.request, good.rollouts, np.asarray([1.0, 0.0], np.float32))
     broken = (good.rollouts[0], _rollout("ct", 1, ()), good.rollouts[2])  # an empty completion
     empty = ScoredGroup("empty", good.request, broken, np.asarray([1.0, 0.0, 0.0], np.float32))
-    metrics = learner.grpo_step([good, uniform, nan, short, empty])
-    assert metrics["groups_in"] == 5 and metrics["groups_trained"] == 2
+    float_image = GenerationRequest("bad", "what?", images=(np.zeros((8, 8, 3), np.float32),))
+    bad_request = ScoredGroup("bad", float_image, good.rollouts, good.rewards)
+    metrics = learner.grpo_step([good, uniform, nan, short, empty, bad_request])
+    assert metrics["groups_in"] == 6 and metrics["groups_trained"] == 2
+    assert metrics["groups_dropped_bad_request"] == 1
     assert metrics["groups_dropped_uniform"] == 1
     assert metrics["groups_dropped_rewards_nonfinite"] == 1 and metrics["groups_dropped_rewards_mismatch"] == 1
     assert metrics["rollouts_dropped_empty"] == 1 and metrics["rows"] == 5
@@ -118,6 +121,9 @@ def test_bad_and_uniform_groups_are_dropped_and_counted(tiny_dir: Path, mixed_re
 
     skipped = learner.grpo_step([uniform])
     assert skipped["skipped"] == 1.0 and learner.version == 1  # nothing to learn: no step, same version
+
+    sft = learner.sft_step([SFTExample(mixed_requests[0], "CT"), SFTExample(float_image, "CT")])
+    assert sft["examples_dropped_bad_request"] == 1 and sft["skipped"] == 0.0 and learner.version == 2
 
 
 def test_kl_reference_is_the_lora_disabled_base(tiny_dir: Path, mixed_requests: list[GenerationRequest]) -> None:
