@@ -2,7 +2,7 @@
 
 Starts the loop's actors (policy rollout pool, scorer pool holding the evolved reward model, learner
 ranks, buffer, monitor) from the SFT'd policy, runs `grpo.steps` steps of `controller.Controller`
-(checkpointing every `loop.checkpoint_every` steps; `resume` continues from the newest checkpoint),
+(the controller checkpoints every `loop.checkpoint_every` steps; `resume` continues from the newest),
 and writes the final policy as a model directory for evaluation.
 """
 
@@ -21,20 +21,27 @@ from medgr2_ray.loop.stages import solver_requests
 from medgr2_ray.types import Sample
 
 
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest `checkpoints/step_*` directory the controller wrote, if any."""
+    found = sorted((run_dir / "checkpoints").glob("step_*"))
+    return found[-1] if found else None
+
+
 def run_grpo(cfg: Config, policy_dir: Path, reward_dir: Path | None, samples: Sequence[Sample],
              lookup: Callable[[str], np.ndarray], run_dir: Path, progress: Progress, resume: bool = False) -> Path:
     """GRPO from `policy_dir`; returns the directory of the trained policy."""
     system = ActorSystem.build(cfg, policy_dir, reward_dir if cfg.reward.alpha > 0 else None)
-    checkpoint = run_dir / "checkpoints" / "grpo"
     try:
+        # The controller checkpoints itself every `loop.checkpoint_every` steps into checkpoints/step_N.
         controller = Controller(cfg, system, solver_requests(samples, lookup), run_dir)
-        if resume and (checkpoint / "controller.json").is_file():
-            controller.resume(checkpoint)
-        every = cfg.loop.checkpoint_every or cfg.grpo.steps
-        while controller.steps_done < cfg.grpo.steps:
-            controller.run(min(cfg.grpo.steps, controller.steps_done + every))
-            controller.checkpoint(checkpoint)
-            progress("GRPO", controller.steps_done, cfg.grpo.steps)
+        latest = latest_checkpoint(run_dir) if resume else None
+        if latest is not None:
+            controller.resume(latest)
+        progress("GRPO", controller.steps_done, cfg.grpo.steps)
+        # One call for all steps: the loop launches generation ahead of the learner across step
+        # boundaries, which it cannot do when driven one step at a time.
+        controller.run(cfg.grpo.steps)
+        progress("GRPO", controller.steps_done, cfg.grpo.steps)
         controller.close()
         return Path(system.learner.save_pretrained(run_dir / "models" / "solver_grpo"))
     finally:
