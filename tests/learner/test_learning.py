@@ -65,6 +65,7 @@ def test_sft_lowers_held_out_loss(tiny_dir: Path, ct_image: np.ndarray, mr_image
     for _ in range(15):
         learner.sft_step(train)
     end = learner.eval_loss(held_out)["loss"]
+    print(f"SFT held-out loss {start:.3f} -> {end:.3f}")
     assert end < 0.5 * start, (start, end)
 
 
@@ -98,5 +99,6 @@ def test_grpo_raises_mean_reward_with_engine_rollouts(format_tuned_dir: Path, qu
         rewards.append(metrics["reward_mean"])
         engine.load_weights(learner.export_weights(), learner.version)
     start, end = float(np.mean(rewards[:3])), float(np.mean(rewards[-5:]))
+    print(f"GRPO mean reward per step: {np.round(rewards, 3).tolist()}")
     assert start < 0.35  # chance level after format-only SFT
     assert end > start + 0.15, rewards
