@@ -1,0 +1,153 @@
+"""Does the solver learn on CPU? Held-out accuracy of tiny models trained from scratch (issue 8).
+
+Three measurements, each on a modality-balanced test set built from held-out studies only (split by
+study, never by slice), 4 options whose distractors are the test set's own modalities:
+1. learns:    untrained vs SFT (on template seeds from the training studies) for 3 seeds/splits;
+              accuracy by length-normalised option likelihood, strict greedy exact match beside it, and
+              the image-blind bound (the best fixed option ordering, computed exactly).
+2. selection: with a finished run's generated candidates (`--run runs/<name>`, scored by its reward
+              model), SFT on the reward-top-K vs a random K of the same candidates, same seeds.
+3. grpo:      GRPO after SFT vs an equal-time SFT control (`--grpo-seconds`).
+Runs in one process per measurement (no Ray: this measures learning, not orchestration). Writes
+`benchmarks/results/learns_on_cpu.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+from medgr2_ray.config import Config, load_config  # noqa: E402
+from medgr2_ray.data.seedpool import load_configured_pool  # noqa: E402
+from medgr2_ray.data.split import split_by_study  # noqa: E402
+from medgr2_ray.data.store import read_samples  # noqa: E402
+from medgr2_ray.eval.protocols import (EvalResult, accuracy_table, balanced_modality_test,  # noqa: E402
+                                       choose_by_likelihood, modality_question)
+from medgr2_ray.learner.policy import PolicyLearner  # noqa: E402
+from medgr2_ray.loop.solver_sft import balanced_weights, batch_indices  # noqa: E402
+from medgr2_ray.loop.stages import solver_requests, solver_sft_examples  # noqa: E402
+from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
+from medgr2_ray.types import Modality, Sample, SamplingParams  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def split_data(cfg: Config, seed: int) -> tuple[list[Sample], list[Sample], dict[str, np.ndarray]]:
+    """Training seeds and the balanced held-out test set for one seed's study split."""
+    pool = load_configured_pool(cfg.data.pool, cfg.data.cache_dir)
+    train, test = split_by_study(pool.images, cfg.data.test_fraction, seed)
+    mods = sorted({i.modality for i in pool.images if i.modality != Modality.OTHER}, key=lambda m: m.value)
+    test_mods = sorted({i.modality for i in test if i.modality != Modality.OTHER}, key=lambda m: m.value)
+    seeds = [q for im in train for k in range(4) if (q := modality_question(im, mods, seed, k))]
+    test_s = balanced_modality_test(test, lambda im, k: modality_question(im, test_mods, seed + 1, k),
+                                    cfg.solver.eval_per_modality, seed)
+    pixels = {i.image_id: pool.read_rgb(i) for i in pool.images}
+    return seeds, test_s, pixels
+
+
+def evaluate(learner: PolicyLearner, cfg: Config, test: list[Sample], pixels: dict[str, np.ndarray]) -> dict:
+    """Likelihood accuracy, greedy exact match (engine-free: the learner's own greedy decode)."""
+    from medgr2_ray.algo.rewards import extract_answer
+    from medgr2_ray.engines.hf import HFEngine
+
+    requests = solver_requests(test, pixels.__getitem__)
+    like: EvalResult = accuracy_table(test, choose_by_likelihood(learner, test, requests))
+    engine = HFEngine(learner.loaded.path, cfg.policy, cfg.engine, seed=cfg.run.seed)
+    engine.load_weights(learner.export_weights(), learner.version)
+    texts = {r.request_id: r.text for r in engine.generate(requests, SamplingParams(temperature=0.0, max_new_tokens=16))}
+    greedy = accuracy_table(test, [extract_answer(texts[r.request_id], s.options) or "" for r, s in zip(requests, test)])
+    return {**asdict(like), "greedy_accuracy": greedy.accuracy}
+
+
+def sft(learner: PolicyLearner, cfg: Config, train: list[Sample], pixels: dict[str, np.ndarray], steps: int,
+        seed: int, seconds: float | None = None) -> int:
+    """Balanced, augmented SFT for `steps` steps (or until `seconds` pass); returns steps done."""
+    weights = balanced_weights([s.modality.value for s in train])
+    start, done = time.perf_counter(), 0
+    while done < steps and (seconds is None or time.perf_counter() - start < seconds):
+        idx = batch_indices(weights, cfg.solver.sft_batch_size, seed, learner.version)
+        rng = np.random.default_rng([seed, learner.version])
+        learner.sft_step(solver_sft_examples([train[i] for i in idx], pixels.__getitem__, rng))
+        done += 1
+    return done
+
+
+def new_learner(cfg: Config, seed: int) -> PolicyLearner:
+    model_dir = ensure_model_dir(cfg.policy, cfg.data.cache_dir, seed, "policy")
+    return PolicyLearner(model_dir, cfg.policy, cfg.learner, cfg.grpo, seed)
+
+
+def measure_learns(cfg: Config, seeds: list[int], steps: int) -> dict:
+    rows = []
+    for seed in seeds:
+        train, test, pixels = split_data(cfg, seed)
+        learner = new_learner(cfg, seed)
+        before = evaluate(learner, cfg, test, pixels)
+        t0 = time.perf_counter()
+        sft(learner, cfg, train, pixels, steps, seed)
+        after = evaluate(learner, cfg, test, pixels)
+        rows.append({"seed": seed, "train_samples": len(train), "test_samples": len(test), "sft_steps": steps,
+                     "sft_seconds": time.perf_counter() - t0, "untrained": before, "sft": after})
+        print(f"seed {seed}: untrained {before['accuracy']:.1%} -> SFT {after['accuracy']:.1%} "
+              f"(greedy {after['greedy_accuracy']:.1%}, blind {after['blind_bound']:.1%})", flush=True)
+    accs = [r["sft"]["accuracy"] for r in rows]
+    return {"rows": rows, "mean": float(np.mean(accs)), "min": float(np.min(accs)),
+            "gain_over_untrained": float(np.mean(accs) - np.mean([r["untrained"]["accuracy"] for r in rows]))}
+
+
+def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> dict:
+    """Reward-top-K vs random-K of one run's generated candidates (modality questions), same K and seeds."""
+    candidates = [s for p in sorted((run / "data").glob("round_*/samples.jsonl")) for s in read_samples(p)
+                  if s.provenance.reward is not None and np.isfinite(s.provenance.reward)]
+    k = max(8, len(candidates) // 4)
+    top = sorted(candidates, key=lambda s: -s.provenance.reward)[:k]
+    out = {"candidates": len(candidates), "k": k, "rows": []}
+    for seed in seeds:
+        _, test, pixels = split_data(cfg, 0)  # the run's own split (seed 0) keeps its test studies unseen
+        rnd = random.Random(seed).sample(candidates, k)
+        row = {"seed": seed}
+        for name, subset in (("top_k", top), ("random_k", rnd)):
+            learner = new_learner(cfg, seed)
+            sft(learner, cfg, subset, pixels, steps, seed)
+            row[name] = evaluate(learner, cfg, test, pixels)["accuracy"]
+        out["rows"].append(row)
+        print(f"selection seed {seed}: top-K {row['top_k']:.1%} vs random-K {row['random_k']:.1%}", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--run", type=Path, help="a finished run directory for the selection measurement")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--only", choices=["learns", "selection"], default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = load_config(None, ["learner.schedule=cosine", f"learner.schedule_steps={args.steps}",
+                             "policy.tiny.image_size=112", *args.overrides])
+    result: dict = {"machine": machine(), "settings": {"steps": args.steps, "seeds": args.seeds,
+                                                            "overrides": args.overrides}}
+    if args.only in (None, "learns"):
+        result["learns"] = measure_learns(cfg, args.seeds, args.steps)
+    if args.run is not None and args.only in (None, "selection"):
+        result["selection"] = measure_selection(cfg, args.run, args.seeds, args.steps)
+    RESULTS.mkdir(exist_ok=True)
+    name = "learns_on_cpu" + (f"_{args.only}" if args.only else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1)[:3000])
+
+
+if __name__ == "__main__":
+    main()
