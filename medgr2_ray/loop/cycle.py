@@ -32,7 +32,7 @@ from medgr2_ray.eval.protocols import EvalResult, balanced_modality_test, modali
 from medgr2_ray.eval.report import build_report
 from medgr2_ray.loop.evaluation import evaluate_solver
 from medgr2_ray.loop.rounds import CoEvolution, Progress
-from medgr2_ray.loop.solver_sft import run_solver_sft
+from medgr2_ray.loop.solver_sft import REPORT_EVERY, run_solver_sft
 from medgr2_ray.metrics import RunLog
 from medgr2_ray.models.tiny import ensure_model_dir
 from medgr2_ray.types import MedImage, Modality, Sample, TaskType
@@ -152,7 +152,7 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleRes
         sft = run_solver_sft(cfg, policy_dir, train_set, run_dir, cfg.solver.sft_steps, cfg.solver.sft_batch_size,
                              cfg.solver.augment, resume=resume)
         for i, loss in enumerate(sft.losses):
-            log.log(i, {"loss": loss}, "solver_sft")
+            log.log(min((i + 1) * REPORT_EVERY, sft.steps), {"loss": loss}, "solver_sft")
         evals["after_sft"] = evaluate_solver(cfg, sft.model_dir, data.test_samples, run_dir, "1_after_sft")
         final = sft.model_dir
         if cfg.solver.grpo and cfg.grpo.steps > 0:

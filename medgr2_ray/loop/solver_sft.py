@@ -24,6 +24,11 @@ from typing import Any
 from medgr2_ray.config import Config
 
 STATE_DIR = "learner"  # inside a Ray Train checkpoint
+REPORT_EVERY = 10  # steps per reported loss (the window mean)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 @dataclass(frozen=True)
@@ -79,18 +84,24 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs inside each Ray Train w
     if restored is not None:
         with restored.as_directory() as d:
             step = int(learner.load_checkpoint(Path(d) / STATE_DIR)["step"])
+    window: list[float] = []
     while step < config["steps"]:
         idx = batch_indices(weights, config["batch"], cfg.run.seed, step)[rank::world]
         rng = np.random.default_rng([cfg.run.seed, step, rank]) if config["augment"] else None
         metrics = learner.sft_step(solver_sft_examples([samples[i] for i in idx], lookup, rng))
+        window.append(float(metrics.get("loss", float("nan"))))
         step += 1
-        report = {"step": step, "loss": float(metrics.get("loss", float("nan")))}
-        if step % config["checkpoint_every"] == 0 or step == config["steps"]:
-            with tempfile.TemporaryDirectory() as tmp:
-                learner.save_checkpoint(Path(tmp) / STATE_DIR, extra={"step": step})
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(report)
+        last = step == config["steps"]
+        # Report a window mean every `report_every` steps: a report per step floods the driver's log.
+        if step % config["report_every"] == 0 or last:
+            report = {"step": step, "loss": float(np.nanmean(window))}
+            window = []
+            if step % config["checkpoint_every"] == 0 or last:
+                with tempfile.TemporaryDirectory() as tmp:
+                    learner.save_checkpoint(Path(tmp) / STATE_DIR, extra={"step": step})
+                    ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(report)
     learner.save_pretrained(config["out_dir"])
 
 
@@ -110,7 +121,9 @@ def run_solver_sft(cfg: Config, model_dir: Path, samples: Sequence[Any], run_dir
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"), "model_dir": str(model_dir), "samples": [sample_to_dict(s) for s in samples],
             "steps": steps, "batch": batch_size, "augment": augment, "out_dir": str(out_dir),
-            "threads": cfg.run.torch_threads, "checkpoint_every": max(1, cfg.loop.checkpoint_every),
+            "threads": cfg.run.torch_threads, "report_every": REPORT_EVERY,
+            # checkpoints land on report steps; 0 means only at the end
+            "checkpoint_every": _round_up(cfg.loop.checkpoint_every or steps, REPORT_EVERY),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.learner.num_ranks, use_gpu=use_gpu,
