@@ -65,7 +65,9 @@ class LocalHead:
 
     def env(self) -> dict[str, str]:
         """Environment for clients of this head: token auth on, no usage stats."""
-        return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+        # This venv's executables first (as after `source .venv/bin/activate`): job entrypoints run `python`.
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
 
     def start(self) -> None:
         """`ray start --head` on 127.0.0.1 with private ports; raises with Ray's output on failure."""

@@ -10,9 +10,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import ray
 
 from medgr2_ray.actors.system import ActorSystem
+from medgr2_ray.cli import main
+from medgr2_ray.cli.status_cmd import read_status
 from medgr2_ray.loop.controller import Controller, Flight
 from medgr2_ray.metrics import read_run_log
 from medgr2_ray.types import GenerationRequest
@@ -35,7 +38,8 @@ def account(controller: Controller) -> dict[str, list[str]]:
 
 
 def test_versions_propagate_and_staleness_stays_within_bound(
-    ray_cluster: None, policy_dir: Path, questions: list[GenerationRequest], loop_config: Any, tmp_path: Path
+    ray_cluster: None, policy_dir: Path, questions: list[GenerationRequest], loop_config: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     cfg = loop_config("grpo.max_staleness=1", "rollout_pool.min_workers=2")
     system = ActorSystem.build(cfg, policy_dir, prefix="t-prop-")
@@ -56,6 +60,13 @@ def test_versions_propagate_and_staleness_stays_within_bound(
         records = read_run_log(tmp_path)
         assert [r["step"] for r in records] == [1, 2, 3, 4, 5] and records[-1]["version"] == 5.0
         controller.close()
+        # `medgr2 status` reads the same state from the named LoopMonitor actor
+        status = read_status("medgr2-tests", prefix="t-prop-")
+        assert (status.step, status.version, status.groups_trained) == (5, 5, 10)
+        assert main(["status", "--namespace", "medgr2-tests", "--prefix", "t-prop-"]) == 0
+        printed = capsys.readouterr().out
+        assert "step 5/" in printed and "weight version 5" in printed and "pool t-prop-policy-rollout" in printed
+        assert main(["status", "--namespace", "medgr2-tests", "--prefix", "nobody-"]) == 1
     finally:
         system.shutdown()
 
