@@ -1,6 +1,6 @@
 """Driver for the autoscaling test, run as its own process against a private autoscaling head.
 
-It drives `loop.autoscale` exactly as the controller does: the learner-wait signal makes `decide` grow
+It drives `loop.autoscale.PoolAutoscaler` exactly as the controller does: the learner-wait signal makes `decide` grow
 the rollout pool, the pool's actors ask for a `rollout_slot` resource that only worker nodes have, so
 Ray's autoscaler must add nodes for them; then the buffer-full signal shrinks the pool and the idle
 nodes must go. It prints one JSON line with what it saw.
@@ -16,7 +16,8 @@ import ray
 
 from medgr2_ray.config import PoolConfig
 from medgr2_ray.actors.pool import WorkerPool
-from medgr2_ray.loop.autoscale import ScalePolicy, ScaleSignals, ScaleState, decide
+from medgr2_ray.config import LoopConfig
+from medgr2_ray.loop.autoscale import PoolAutoscaler, ScaleSignals
 
 
 class RolloutProbe:
@@ -46,20 +47,16 @@ def main(address: str) -> None:
     head_nodes = alive_nodes()
     config = PoolConfig(min_workers=0, max_workers=2, num_cpus=1, resources={"rollout_slot": 1}, max_restarts=0)
     pool = WorkerPool("rollout", RolloutProbe, config, lambda i: (i,))
-    policy = ScalePolicy(min_workers=0, max_workers=2, wait_up_s=0.5, fill_down=0.9, patience=2)
-    state, targets = ScaleState(target=0), []
-    while state.target < 2:  # the learner keeps waiting for data: grow
-        state = decide(state, ScaleSignals(learner_wait_s=3.0, buffer_fill=0.0), policy)
-        pool.scale_to(state.target)
-        targets.append(state.target)
+    autoscaler = PoolAutoscaler(pool, config, LoopConfig(scale_up_wait_s=0.5, scale_down_fill=0.9, scale_patience=2))
+    targets: list[int] = []
+    while not targets or targets[-1] < 2:  # the learner keeps waiting for data: grow
+        targets.append(autoscaler.observe(ScaleSignals(learner_wait_s=3.0, buffer_fill=0.0)))
     pending_right_after = len(pool.members) - pool.num_ready
     wait_for(lambda: pool.poll_ready(1.0) is not None and pool.num_ready == 2, "two placed rollout actors")
     nodes_up = alive_nodes()
     actor_nodes = sorted(str(m.info) for m in pool.members)
-    while state.target > 0:  # the buffer stays full: shrink
-        state = decide(state, ScaleSignals(learner_wait_s=0.0, buffer_fill=1.0), policy)
-        pool.scale_to(state.target)
-        targets.append(state.target)
+    while targets[-1] > 0:  # the buffer stays full: shrink
+        targets.append(autoscaler.observe(ScaleSignals(learner_wait_s=0.0, buffer_fill=1.0)))
     wait_for(lambda: len(alive_nodes()) == len(head_nodes), "idle worker nodes to be removed")
     print("RESULT " + json.dumps({
         "head_nodes": head_nodes, "targets": targets, "pending_right_after": pending_right_after,

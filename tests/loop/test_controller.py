@@ -41,7 +41,9 @@ def test_versions_propagate_and_staleness_stays_within_bound(
     ray_cluster: None, policy_dir: Path, questions: list[GenerationRequest], loop_config: Any, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    cfg = loop_config("grpo.max_staleness=1", "rollout_pool.min_workers=2")
+    # One rollout actor to start; the learner waits for data at once, so the autoscaler adds the second.
+    cfg = loop_config("grpo.max_staleness=1", "rollout_pool.min_workers=1", "loop.scale_up_wait_s=0.0",
+                      "loop.scale_patience=1")
     system = ActorSystem.build(cfg, policy_dir, prefix="t-prop-")
     try:
         controller = Controller(cfg, system, questions, run_dir=tmp_path)
@@ -59,6 +61,7 @@ def test_versions_propagate_and_staleness_stays_within_bound(
         assert max(h.weight_version for h in held) >= 4 - cfg.grpo.max_staleness
         records = read_run_log(tmp_path)
         assert [r["step"] for r in records] == [1, 2, 3, 4, 5] and records[-1]["version"] == 5.0
+        assert records[0]["rollout_workers"] == 2  # grown from min_workers=1 while the learner waited
         controller.close()
         # `medgr2 status` reads the same state from the named LoopMonitor actor
         status = read_status("medgr2-tests", prefix="t-prop-")
