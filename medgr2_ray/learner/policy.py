@@ -40,8 +40,12 @@ from medgr2_ray.types import GenerationRequest, ScoredGroup, SFTExample
 # What a GRPO step counts (summed over ranks): nothing is dropped without showing up here.
 GRPO_COUNTS = (
     "groups_in", "groups_trained", "groups_dropped_uniform", "groups_dropped_bad_request", "groups_dropped_rewards_mismatch",
-    "groups_dropped_rewards_nonfinite", "rollouts_dropped_empty", "rollouts_dropped_bad_logprobs", "rows",
+    "groups_dropped_rewards_nonfinite", "rollouts_dropped_empty", "rollouts_dropped_bad_logprobs",
+    "rollouts_dropped_vision_token", "rows",
 )
+
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,10 @@ class PolicyLearner(Trainer):
             self.ref_model.to(self.device)
         tok = self.loaded.tokenizer
         self.eos_id = int(tok.eos_token_id)
+        # A sampled vision placeholder cannot be re-encoded as completion text (the M-RoPE index would
+        # expect an image for it): such rollouts are dropped and counted, never a crash mid-run.
+        vocab = tok.get_vocab()
+        self.vision_ids = frozenset(int(vocab[t]) for t in VISION_TOKENS if t in vocab)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the current policy as an ordinary Hugging Face model directory (LoRA merged in), with
@@ -171,6 +179,8 @@ class PolicyLearner(Trainer):
                     counts["rollouts_dropped_empty"] += 1
                 elif len(old) != len(rollout.completion_token_ids) or not np.isfinite(old).all():
                     counts["rollouts_dropped_bad_logprobs"] += 1
+                elif self.vision_ids.intersection(rollout.completion_token_ids):
+                    counts["rollouts_dropped_vision_token"] += 1
                 else:
                     rows.append(PolicyRow(group.request, tuple(rollout.completion_token_ids), old, float(adv)))
         counts["groups_trained"] += len(valid)

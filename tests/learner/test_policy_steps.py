@@ -164,3 +164,14 @@ def test_resume_continues_exactly(tiny_dir: Path, mixed_requests: list[Generatio
     full = PolicyLearner(tiny_dir, ModelConfig(), cfg, GRPOConfig(), seed=3)
     with pytest.raises(CheckpointError, match="lora"):
         full.load_checkpoint(tmp_path / "ckpt")
+
+
+def test_sampled_vision_placeholder_is_dropped_and_counted(tiny_dir: Path, mixed_requests: list[GenerationRequest]) -> None:
+    # A tiny policy can sample <|image_pad|>; re-encoding it as completion text would break M-RoPE.
+    learner = PolicyLearner(tiny_dir, ModelConfig(), LearnerConfig(), GRPOConfig(), seed=0)
+    (good,) = make_groups(mixed_requests[:1], [[1, 0, 0]])
+    pad = learner.loaded.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    rollouts = (good.rollouts[0], _rollout(good.request.request_id, 1, (5, pad, 6)), good.rollouts[2])
+    metrics = learner.grpo_step([ScoredGroup("vision", good.request, rollouts, good.rewards)])
+    assert metrics["rollouts_dropped_vision_token"] == 1 and metrics["rows"] == 2
+    assert metrics["groups_trained"] == 1 and learner.version == 1
