@@ -20,7 +20,9 @@ class ActorInfo:
 
 
 def actor_info(weight_version: int) -> ActorInfo:
-    """This actor's `ActorInfo` (called inside the actor)."""
+    """This actor's `ActorInfo`; outside an actor (a plain instance in a test or the driver) an unnamed one."""
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return ActorInfo(name="", pid=os.getpid(), node_id="", weight_version=weight_version, restarted=False)
     ctx = ray.get_runtime_context()
     return ActorInfo(
         name=ctx.get_actor_name() or "",
