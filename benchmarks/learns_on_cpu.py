@@ -126,6 +126,25 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> d
     return out
 
 
+def markdown(result: dict) -> str:
+    """A short table of the learning measurement, with the issue's goals checked honestly."""
+    lines = [f"# learns_on_cpu\n\nSettings: {json.dumps(result['settings'])}; machine load at start "
+             f"{result['machine'].get('loadavg_at_start', '?')}.\n",
+             "| seed | untrained | SFT (likelihood) | SFT (greedy) | image-blind bound | per modality |",
+             "|---|---|---|---|---|---|"]
+    learns = result.get("learns")
+    if learns:
+        for r in learns["rows"]:
+            per = ", ".join(f"{k} {v:.0%}" for k, v in r["sft"]["by_modality"].items())
+            lines.append(f"| {r['seed']} | {r['untrained']['accuracy']:.1%} | {r['sft']['accuracy']:.1%} | "
+                         f"{r['sft']['greedy_accuracy']:.1%} | {r['sft']['blind_bound']:.1%} | {per} |")
+        met = learns["mean"] >= 0.65 and learns["min"] >= 0.55 and learns["gain_over_untrained"] >= 0.30
+        lines.append(f"\nGoal: mean >= 65%, every seed >= 55%, >= 30 points over untrained. Measured mean "
+                     f"{learns['mean']:.1%}, min {learns['min']:.1%}, gain {learns['gain_over_untrained']:.1%} -> "
+                     f"{'MET' if met else 'NOT MET'}.")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=800)
@@ -146,6 +165,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     name = "learns_on_cpu" + (f"_{args.only}" if args.only else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{name}.md").write_text(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1)[:3000])
 
 
