@@ -15,7 +15,6 @@ from medgr2_ray.engines import RolloutEngine, build_engine
 from medgr2_ray.engines.hf import HFEngine, processed_logprobs
 from medgr2_ray.models.loading import apply_lora, load_vlm
 from medgr2_ray.models.processing import completion_logprobs, encode_prompt_completions, forward_kwargs
-from medgr2_ray.models.tiny import ensure_model_dir
 from medgr2_ray.sync.flat import pack_tensors
 from medgr2_ray.types import GenerationRequest, Rollout, SamplingParams
 
@@ -24,36 +23,9 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
 LORA = LoraConfig(enabled=True, r=4, alpha=8)
 
 
-def _ct_rgb() -> np.ndarray:
-    """pydicom-data's CT_small.dcm in a soft-tissue window (40/400 HU) as uint8 RGB."""
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    grey = (np.clip((hu + 160.0) / 400.0, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    cache = tmp_path_factory.mktemp("models")
-    return {seed: ensure_model_dir(ModelConfig(), cache, seed=seed, role="policy") for seed in (0, 1)}
-
-
 @pytest.fixture(scope="module")
 def engine(dirs: dict[int, Path]) -> HFEngine:
     return HFEngine(dirs[0], ModelConfig(lora=LORA), EngineConfig(max_batch_size=8), seed=0)
-
-
-@pytest.fixture(scope="module")
-def requests() -> list[GenerationRequest]:
-    ct = _ct_rgb()
-    return [
-        GenerationRequest("ct", "Which organ is shown in this CT slice?", (ct,)),
-        GenerationRequest("text", "Name one lung window setting.", system="Answer briefly."),
-        GenerationRequest("two", "Compare.", (np.ascontiguousarray(ct[:64]), np.ascontiguousarray(ct[::4, ::4]))),
-    ]
 
 
 def _teacher_forced(engine: HFEngine, requests: list[GenerationRequest], rollouts: list[Rollout],

@@ -21,7 +21,6 @@ from medgr2_ray.engines.hf import processed_logprobs
 from medgr2_ray.engines.vllm import VLLMEngine, vllm_available
 from medgr2_ray.models.loading import LoadedVLM, apply_lora, load_vlm
 from medgr2_ray.models.processing import encode_prompt_completions, encode_prompts, forward_kwargs
-from medgr2_ray.models.tiny import ensure_model_dir
 from medgr2_ray.sync.flat import pack_tensors
 from medgr2_ray.types import GenerationRequest, Rollout, SamplingParams
 
@@ -38,23 +37,6 @@ ENGINE = EngineConfig(backend="vllm", max_batch_size=8, kv_cache_memory_bytes=32
                       enforce_eager=True)
 
 
-def _ct_rgb() -> np.ndarray:
-    """pydicom-data's CT_small.dcm in a soft-tissue window (40/400 HU) as uint8 RGB."""
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    grey = (np.clip((hu + 160.0) / 400.0, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    cache = tmp_path_factory.mktemp("models")
-    return {seed: ensure_model_dir(ModelConfig(), cache, seed=seed, role="policy") for seed in (0, 1)}
-
-
 @pytest.fixture(scope="module")
 def engine(dirs: dict[int, Path]):  # noqa: ANN201 (a generator fixture)
     vllm_engine = VLLMEngine(dirs[0], ModelConfig(lora=LORA), ENGINE, seed=0)
@@ -65,16 +47,6 @@ def engine(dirs: dict[int, Path]):  # noqa: ANN201 (a generator fixture)
 @pytest.fixture(scope="module")
 def hf(dirs: dict[int, Path]) -> LoadedVLM:
     return load_vlm(dirs[0])
-
-
-@pytest.fixture(scope="module")
-def requests() -> list[GenerationRequest]:
-    ct = _ct_rgb()
-    return [
-        GenerationRequest("ct", "Which organ is shown in this CT slice?", (ct,)),
-        GenerationRequest("text", "Name one lung window setting.", system="Answer briefly."),
-        GenerationRequest("two", "Compare.", (np.ascontiguousarray(ct[:64]), np.ascontiguousarray(ct[::4, ::4]))),
-    ]
 
 
 def _forward(loaded: LoadedVLM, requests: list[GenerationRequest], completions: list[tuple[int, ...]]):  # noqa: ANN202
