@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from medgr2_ray.config import Config, dump_config
+from medgr2_ray.config import Config, ModelConfig, dump_config
 from medgr2_ray.data.seedpool import load_configured_pool
 from medgr2_ray.data.split import split_by_study
 from medgr2_ray.data.store import ImagePool, write_samples
@@ -91,8 +91,26 @@ def _pixels(pool: ImagePool) -> Callable[[str], np.ndarray]:
     return lookup
 
 
+def with_absolute_paths(cfg: Config) -> Config:
+    """The config with its run root, cache and pool as absolute paths: actors and Ray Train workers do
+    not share the driver's working directory, so a relative path would name nothing (or a hub id)."""
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    def model(section: ModelConfig) -> ModelConfig:
+        local = section.path is not None and Path(section.path).expanduser().exists()
+        return section.model_copy(update={"path": absolute(section.path)}) if local else section
+
+    run = cfg.run.model_copy(update={"root": absolute(cfg.run.root)})
+    data = cfg.data.model_copy(update={"cache_dir": absolute(cfg.data.cache_dir),
+                                       "pool": absolute(cfg.data.pool) if cfg.data.pool else None,
+                                       "test_sets": [absolute(t) for t in cfg.data.test_sets]})
+    return cfg.model_copy(update={"run": run, "data": data, "policy": model(cfg.policy),
+                                  "generator": model(cfg.generator), "reward_model": model(cfg.reward_model)})
+
+
 def _run_dir(cfg: Config) -> Path:
-    run_dir = Path(cfg.run.root).expanduser() / cfg.run.name
+    run_dir = Path(cfg.run.root) / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     return run_dir
@@ -140,6 +158,7 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleRes
     from medgr2_ray.loop.grpo_stage import run_grpo
 
     start = time.perf_counter()
+    cfg = with_absolute_paths(cfg)
     run_dir = _run_dir(cfg)
     data = prepare_data(cfg)
     evals: dict[str, EvalResult] = {}
