@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("weight_sync", "async_vs_sync", "orchestration_overhead", "vs_trl", "engine_throughput")
+ORDER = ("weight_sync", "async_vs_sync", "orchestration_overhead", "vs_trl", "engine_throughput",
+         "learns_on_cpu_2000_steps", "learns_on_cpu_1200_steps")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
