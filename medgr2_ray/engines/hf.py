@@ -64,6 +64,18 @@ class _Row:
     done: bool = False
 
 
+def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Copy weights in place. On the CPU, numpy's copy runs at memcpy speed where torch's `copy_` on one
+    thread reached 0.41-0.83 of it (benchmarks/weight_sync.py); bf16 has no numpy dtype and GPUs copy
+    with torch."""
+    same = dst.dtype == src.dtype and dst.dtype != torch.bfloat16 and dst.is_contiguous() and src.is_contiguous()
+    if same and dst.device.type == "cpu" and src.device.type == "cpu":
+        np.copyto(dst.detach().numpy(), src.numpy(), casting="no")
+    else:
+        with torch.no_grad():
+            dst.copy_(src)
+
+
 def _first_stop(text: str, stop: Sequence[str]) -> int | None:
     """Index of the earliest stop string in text, or None."""
     hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
@@ -190,7 +202,7 @@ class HFEngine:
                 raise ValueError(f"weight '{name}': shape {tuple(tensor.shape)} != engine {tuple(state[key].shape)}")
             targets[key] = tensor
         for key, tensor in targets.items():  # validated first: a bad update changes nothing
-            state[key].copy_(tensor)
+            _copy_into(state[key], tensor)
         self._lora_base.clear()  # the new full weights are the base of any later LoRA update
 
     def _apply_lora(self, named: dict[str, torch.Tensor]) -> None:
