@@ -204,9 +204,10 @@ def goal(report: common.Report, cases: list[dict[str, Any]]) -> None:
         "" if met else f"worst {worst['model']}: sync makes two copies (learner -> shared memory in ray.put, shared "
         "memory -> engine parameters in load), so 0.5 is its ceiling. Put reaches "
         f"{worst['put_vs_memcpy'].fmt()} of memcpy (it also faults in fresh shared-memory pages); load reaches "
-        f"{worst['load_vs_memcpy'].fmt()}: it copies tensor by tensor with torch `copy_`, which at one thread runs "
-        f"at {worst['torch_copy_vs_memcpy'].fmt()} of memcpy on the same bytes in this run. Copying with np.copyto "
-        "into the parameters' numpy views would bring load to memcpy speed; past 0.5 needs the engine to use the "
+        f"{worst['load_vs_memcpy'].fmt()}: it copies tensor by tensor with np.copyto into the parameters' numpy "
+        "views (torch `copy_` at one thread ran at "
+        f"{worst['torch_copy_vs_memcpy'].fmt()} of memcpy on the same bytes in this run), one call per tensor "
+        "and into pages the engine has not touched since its last load; past 0.5 needs the engine to use the "
         "shared buffers as its (read-only) parameters instead of copying them",
     ))
     lora = [c for c in cases if c["mode"] == "lora"]
