@@ -110,7 +110,10 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> d
     """Reward-top-K vs random-K of one run's generated candidates (modality questions), same K and seeds."""
     candidates = [s for p in sorted((run / "data").glob("round_*/samples.jsonl")) for s in read_samples(p)
                   if s.provenance.reward is not None and np.isfinite(s.provenance.reward)]
-    k = max(8, len(candidates) // 4)
+    if len(candidates) < 2:
+        raise SystemExit(f"{run}: {len(candidates)} scored candidates under data/round_*/samples.jsonl; "
+                         "run `medgr2 run` first (with at least one round) and pass its run directory")
+    k = min(len(candidates) - 1, max(8, len(candidates) // 4))
     top = sorted(candidates, key=lambda s: -s.provenance.reward)[:k]
     out = {"candidates": len(candidates), "k": k, "rows": []}
     for seed in seeds:
