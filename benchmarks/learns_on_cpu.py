@@ -145,6 +145,13 @@ def markdown(result: dict) -> str:
         lines.append(f"\nGoal: mean >= 65%, every seed >= 55%, >= 30 points over untrained. Measured mean "
                      f"{learns['mean']:.1%}, min {learns['min']:.1%}, gain {learns['gain_over_untrained']:.1%} -> "
                      f"{'MET' if met else 'NOT MET'}.")
+    selection = result.get("selection")
+    if selection:
+        lines += ["", f"Selection: {selection['candidates']} scored candidates of one run, K = {selection['k']}.", "",
+                  "| seed | SFT on reward-top-K | SFT on random K |", "|---|---|---|"]
+        lines += [f"| {r['seed']} | {r['top_k']:.1%} | {r['random_k']:.1%} |" for r in selection["rows"]]
+        better = all(r["top_k"] > r["random_k"] for r in selection["rows"])
+        lines.append(f"\nGoal: top-K beats random-K on every seed -> {'MET' if better else 'NOT MET'}.")
     return "\n".join(lines) + "\n"
 
 
