@@ -132,11 +132,11 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> d
 def markdown(result: dict) -> str:
     """A short table of the learning measurement, with the issue's goals checked honestly."""
     lines = [f"# learns_on_cpu\n\nSettings: {json.dumps(result['settings'])}; machine load at start "
-             f"{result['machine'].get('loadavg_at_start', '?')}.\n",
-             "| seed | untrained | SFT (likelihood) | SFT (greedy) | image-blind bound | per modality |",
-             "|---|---|---|---|---|---|"]
+             f"{result['machine'].get('loadavg_at_start', '?')}.\n"]
     learns = result.get("learns")
     if learns:
+        lines += ["| seed | untrained | SFT (likelihood) | SFT (greedy) | image-blind bound | per modality |",
+                  "|---|---|---|---|---|---|"]
         for r in learns["rows"]:
             per = ", ".join(f"{k} {v:.0%}" for k, v in r["sft"]["by_modality"].items())
             lines.append(f"| {r['seed']} | {r['untrained']['accuracy']:.1%} | {r['sft']['accuracy']:.1%} | "
