@@ -12,16 +12,7 @@ from medgr2_ray.config import ModelConfig
 from medgr2_ray.models.tiny import ensure_model_dir
 from medgr2_ray.types import GenerationRequest
 
-
-def ct_rgb() -> np.ndarray:
-    """pydicom-data's CT_small.dcm in a soft-tissue window (40/400 HU) as uint8 RGB."""
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    grey = (np.clip((hu + 160.0) / 400.0, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)
+from engine_helpers import ct_rgb
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +31,4 @@ def requests() -> list[GenerationRequest]:
         GenerationRequest("text", "Name one lung window setting.", system="Answer briefly."),
         GenerationRequest("two", "Compare.", (np.ascontiguousarray(ct[:64]), np.ascontiguousarray(ct[::4, ::4]))),
     ]
+

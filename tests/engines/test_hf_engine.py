@@ -13,10 +13,12 @@ import torch
 from medgr2_ray.config import EngineConfig, LoraConfig, ModelConfig
 from medgr2_ray.engines import RolloutEngine, build_engine
 from medgr2_ray.engines.hf import HFEngine, processed_logprobs
-from medgr2_ray.models.loading import apply_lora, load_vlm
+from medgr2_ray.models.loading import load_vlm
 from medgr2_ray.models.processing import completion_logprobs, encode_prompt_completions, forward_kwargs
 from medgr2_ray.sync.flat import pack_tensors
 from medgr2_ray.types import GenerationRequest, Rollout, SamplingParams
+
+from engine_helpers import lora_learner
 
 torch.set_num_threads(1)
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
@@ -170,17 +172,6 @@ def test_full_weight_update_equals_fresh_engine(
     assert all(r.weight_version == 1 for r in target.generate(requests, GREEDY))
 
 
-def _lora_learner(path: Path, seed: int) -> torch.nn.Module:
-    """A PEFT LoRA model of `path` with non-zero B (as after some training steps)."""
-    torch.manual_seed(seed)
-    peft_model = apply_lora(load_vlm(path).model, LORA)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.3)
-    return peft_model
-
-
 def _fresh_from_merged(peft_model: torch.nn.Module, src: Path, out: Path) -> HFEngine:
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(out)
@@ -194,7 +185,7 @@ def test_lora_update_equals_fresh_merged_engine_and_does_not_compound(
 ) -> None:
     base_tokens = _greedy_tokens(HFEngine(dirs[0], ModelConfig(), EngineConfig()), requests)
     for step, seed in enumerate((1, 2), start=1):
-        learner = _lora_learner(dirs[0], seed)
+        learner = lora_learner(dirs[0], seed, LORA)
         flat = pack_tensors(dict(learner.named_parameters()), lora_only=True)
         assert flat.lora_only and all(".lora_" in s.name for s in flat.index)
         engine.load_weights(flat, version=10 + step)

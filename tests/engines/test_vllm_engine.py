@@ -19,10 +19,12 @@ from medgr2_ray.config import EngineConfig, LoraConfig, ModelConfig
 from medgr2_ray.engines import RolloutEngine
 from medgr2_ray.engines.hf import processed_logprobs
 from medgr2_ray.engines.vllm import VLLMEngine, vllm_available
-from medgr2_ray.models.loading import LoadedVLM, apply_lora, load_vlm
+from medgr2_ray.models.loading import LoadedVLM, load_vlm
 from medgr2_ray.models.processing import encode_prompt_completions, encode_prompts, forward_kwargs
 from medgr2_ray.sync.flat import pack_tensors
 from medgr2_ray.types import GenerationRequest, Rollout, SamplingParams
+
+from engine_helpers import lora_learner
 
 pytestmark = [
     pytest.mark.vllm,
@@ -187,24 +189,13 @@ def test_full_update_equals_fresh_engine_and_stale_differs(
     _restore(engine, dirs, stale, requests)
 
 
-def _lora_learner(path: Path, seed: int) -> torch.nn.Module:
-    """A PEFT LoRA model of `path` with non-zero B (as after some training steps)."""
-    torch.manual_seed(seed)
-    peft_model = apply_lora(load_vlm(path).model, LORA)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.3)
-    return peft_model
-
-
 def test_lora_update_equals_peft_merge_and_does_not_compound(
     engine: VLLMEngine, dirs: dict[int, Path], requests: list[GenerationRequest]
 ) -> None:
     stale = _greedy(engine, requests)
     sampling = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=4)
     for step, seed in enumerate((1, 2), start=1):  # the second update must apply to W0, not to W0 + first
-        learner = _lora_learner(dirs[0], seed)
+        learner = lora_learner(dirs[0], seed, LORA)
         flat = pack_tensors(dict(learner.named_parameters()), lora_only=True)
         engine.load_weights(flat, version=10 + step)
         merged = load_vlm(dirs[0])  # the reference: PEFT's own merge, in an HF model
