@@ -29,31 +29,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 from medgr2_ray.config import Config, load_config  # noqa: E402
-from medgr2_ray.data.seedpool import load_configured_pool  # noqa: E402
-from medgr2_ray.data.split import split_by_study  # noqa: E402
 from medgr2_ray.data.store import read_samples  # noqa: E402
-from medgr2_ray.eval.protocols import (EvalResult, accuracy_table, balanced_modality_test,  # noqa: E402
-                                       choose_by_likelihood, modality_question)
+from medgr2_ray.eval.protocols import EvalResult, accuracy_table, choose_by_likelihood  # noqa: E402
+from medgr2_ray.loop.cycle import prepare_data  # noqa: E402
 from medgr2_ray.learner.policy import PolicyLearner  # noqa: E402
 from medgr2_ray.loop.solver_sft import balanced_weights, batch_indices  # noqa: E402
 from medgr2_ray.loop.stages import solver_requests, solver_sft_examples  # noqa: E402
 from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
-from medgr2_ray.types import Modality, Sample, SamplingParams  # noqa: E402
+from medgr2_ray.types import Sample, SamplingParams  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def split_data(cfg: Config, seed: int) -> tuple[list[Sample], list[Sample], dict[str, np.ndarray]]:
-    """Training seeds and the balanced held-out test set for one seed's study split."""
-    pool = load_configured_pool(cfg.data.pool, cfg.data.cache_dir)
-    train, test = split_by_study(pool.images, cfg.data.test_fraction, seed)
-    mods = sorted({i.modality for i in pool.images if i.modality != Modality.OTHER}, key=lambda m: m.value)
-    test_mods = sorted({i.modality for i in test if i.modality != Modality.OTHER}, key=lambda m: m.value)
-    seeds = [q for im in train for k in range(4) if (q := modality_question(im, mods, seed, k))]
-    test_s = balanced_modality_test(test, lambda im, k: modality_question(im, test_mods, seed + 1, k),
-                                    cfg.solver.eval_per_modality, seed)
-    pixels = {i.image_id: pool.read_rgb(i) for i in pool.images}
-    return seeds, test_s, pixels
+    """Training seeds (modality questions only, 4 per image) and the balanced held-out test set of one
+    seed's study split: the cycle's own `prepare_data`, so the benchmark measures what the main job trains."""
+    data = prepare_data(cfg.model_copy(update={
+        "run": cfg.run.model_copy(update={"seed": seed}),
+        "cycle": cfg.cycle.model_copy(update={"tasks": ["Modality Recognition"], "seeds_per_image": 4}),
+    }))
+    pixels = {i.image_id: data.pool.read_rgb(i) for i in data.pool.images}
+    return data.seeds, data.test_samples, pixels
 
 
 def evaluate(learner: PolicyLearner, cfg: Config, test: list[Sample], pixels: dict[str, np.ndarray]) -> dict:
