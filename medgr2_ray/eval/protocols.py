@@ -1,5 +1,5 @@
 """Evaluation protocols for the solver on held-out data: balanced test sets, option-likelihood choice,
-the image-blind bound, and the Med-R1 style cross-modality / cross-task splits.
+and the image-blind bound.
 
 Why length-normalised likelihood: summed log-likelihood favours one-token options (an untrained model
 scored 50% that way on a study-weighted set), so each option is scored by the mean log-prob of its
@@ -165,17 +165,3 @@ def accuracy_table(samples: Sequence[Sample], predictions: Sequence[str]) -> Eva
         by_modality=by(lambda s: s.modality.value), by_task=by(lambda s: s.task_type.value),
         blind_bound=blind_bound(samples),
     )
-
-
-def cross_modality_splits(samples: Sequence[Sample]) -> dict[str, tuple[list[Sample], list[Sample]]]:
-    """Med-R1's cross-modality protocol: for each modality, train on it and test on all others."""
-    modalities = sorted({s.modality for s in samples}, key=lambda m: m.value)
-    return {m.value: ([s for s in samples if s.modality == m], [s for s in samples if s.modality != m])
-            for m in modalities}
-
-
-def cross_task_splits(samples: Sequence[Sample]) -> dict[str, tuple[list[Sample], list[Sample]]]:
-    """Cross-task protocol: for each question type, train on it and test on the other types."""
-    tasks: list[TaskType] = sorted({s.task_type for s in samples}, key=lambda t: t.value)
-    return {t.value: ([s for s in samples if s.task_type == t], [s for s in samples if s.task_type != t])
-            for t in tasks}

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import ray
 
 from medgr2_ray.config import Config, ModelConfig, dump_config
 from medgr2_ray.data.seedpool import load_configured_pool
