@@ -2,6 +2,7 @@
 benchmark files.
 
     medgr2 data seed-pool --out DIR            counts by modality, CARD.md, contact_sheet.png
+    medgr2 data fetch-debian                  the seed pool's optional Debian volumes, into the cache
     medgr2 data ingest PATH... --out DIR       DICOM/NIfTI/PNG/JPEG/TIFF, recursive; Ray for big folders
     medgr2 data templates POOL --out FILE      verifiable modality/anatomy multiple-choice samples
     medgr2 data convert FORMAT FILE --out FILE OmniMedVQA/VQA-RAD/SLAKE/PathVQA/PMC-VQA -> our JSONL
@@ -45,6 +46,17 @@ def _seed_pool(args: argparse.Namespace) -> int:
     _print_counts(f"seed pool at {root}: {len(pool)} images, {len(pool.studies())} studies", pool.counts_by_modality())
     print(f"card: {root / 'CARD.md'}\ncontact sheet: {root / 'contact_sheet.png'}")
     return 0
+
+
+def _fetch_debian(args: argparse.Namespace) -> int:
+    from medgr2_ray.data.debian import fetch_debian_data
+
+    cache = args.cache_dir or load_config(args.config, args.overrides).data.cache_dir
+    status = fetch_debian_data(cache)
+    for name, what in status.items():
+        print(f"{name}: {what}")
+    # not fetched is not fatal (the seed pool builds without them) unless --strict asks for it
+    return 1 if args.strict and any(w.startswith("not fetched") for w in status.values()) else 0
 
 
 def _ingest_card(report_dict: dict, n_inputs: int) -> str:
@@ -135,6 +147,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     seed.add_argument("--overwrite", action="store_true", help="replace a pool already at --out")
     _add_config(seed)
     seed.set_defaults(handler=_seed_pool)
+
+    deb = group.add_parser("fetch-debian", help="download the seed pool's optional Debian volumes (head CT, "
+                                                "brain MR) into the cache; SHA-256 pinned")
+    deb.add_argument("--cache-dir", default=None, help="default: data.cache_dir of the config")
+    deb.add_argument("--strict", action="store_true", help="exit 1 when a package cannot be fetched")
+    _add_config(deb)
+    deb.set_defaults(handler=_fetch_debian)
 
     ing = group.add_parser("ingest", help="ingest your DICOM/NIfTI/PNG/JPEG/TIFF files into a pool")
     ing.add_argument("paths", nargs="+", help="files or folders (searched recursively)")

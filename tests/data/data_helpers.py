@@ -21,6 +21,25 @@ def dicom_file(name: str) -> Path:
     return Path(found)
 
 
+def undecodable_dicom() -> bytes:
+    """A real MR slice re-wrapped as High-Throughput JPEG 2000, a transfer syntax no installed plugin
+    decodes (pylibjpeg-openjpeg is not a dependency): the "missing decoder" case of ingestion."""
+    import io
+
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    ds = pydicom.dcmread(dicom_file("MR_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.201")
+    ds.PixelData = encapsulate([ds.PixelData])
+    ds["PixelData"].is_undefined_length = True
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
 def skimage_file(name: str) -> Path:
     """A sample image shipped inside scikit-image."""
     import skimage.data

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from data_helpers import SALT, dicom_file, skimage_file
+from data_helpers import SALT, dicom_file, skimage_file, undecodable_dicom
 from medgr2_ray.data.ingest import IngestOptions, file_key, ingest_paths
 from medgr2_ray.data.store import load_pool
 
@@ -70,7 +70,7 @@ def _broken_files(root: Path) -> dict[str, str]:
         "bomb.nii.gz": (gzip.compress(bytes(3 << 20)), "too_large"),
         "constant.png": (_png_bytes(np.full((64, 64), 128, np.uint8)), "constant"),
         "nan.tif": (float_nan.getvalue(), "nonfinite"),
-        "jpegls.dcm": (dicom_file("MR_small_jpeg_ls_lossless.dcm").read_bytes(), "missing_decoder"),
+        "htj2k.dcm": (undecodable_dicom(), "missing_decoder"),
         "tiny.png": (_png_bytes(np.arange(64, dtype=np.uint8).reshape(8, 8)), "too_small"),
     }
     for name, (data, _) in files.items():
@@ -99,11 +99,11 @@ def test_every_broken_file_is_skipped_with_its_reason_and_the_rest_is_ingested(t
 
 
 def test_missing_decoder_message_names_the_plugin_to_install(tmp_path: Path) -> None:
-    (tmp_path / "ls.dcm").write_bytes(dicom_file("MR_small_jpeg_ls_lossless.dcm").read_bytes())
-    report = ingest_paths([tmp_path / "ls.dcm"], tmp_path / "pool", IngestOptions(salt=SALT))
+    (tmp_path / "htj2k.dcm").write_bytes(undecodable_dicom())
+    report = ingest_paths([tmp_path / "htj2k.dcm"], tmp_path / "pool", IngestOptions(salt=SALT))
     [skipped] = report.skipped
-    assert "pip install" in skipped.message and ("pyjpegls" in skipped.message or "pylibjpeg" in skipped.message)
-    assert "1.2.840.10008.1.2.4.80" in skipped.message
+    assert "pip install" in skipped.message and "pylibjpeg-openjpeg" in skipped.message
+    assert "1.2.840.10008.1.2.4.201" in skipped.message
 
 
 def test_existing_pool_is_not_overwritten_by_accident(tmp_path: Path) -> None:
