@@ -42,3 +42,22 @@ def test_deterministic_and_independent_of_input_order(seed_pool_dir: Path) -> No
 def test_bad_fraction_is_refused() -> None:
     with pytest.raises(ValueError, match="test_fraction"):
         split_by_study([], 1.0, seed=0)
+
+
+def test_a_study_holding_most_of_a_modality_stays_in_train(seed_pool_dir: Path) -> None:
+    """Fundus: a 19-image colour photograph and a single grey patch. Holding out the photograph would
+    leave training one unlike picture, so on every seed the patch is the held-out study; with the
+    constraint off some seed holds out the photograph (the constraint is what decides)."""
+    images = [i for i in load_pool(seed_pool_dir).images if i.modality.value == "Fundus Photography"]
+    sizes: dict[str, int] = {}
+    for image in images:
+        sizes[image.study_id] = sizes.get(image.study_id, 0) + 1
+    big = max(sizes, key=sizes.__getitem__)
+    assert sizes[big] > len(images) / 2
+    for seed in range(8):
+        train, test = split_by_study(images, 0.3, seed=seed)
+        assert big in {i.study_id for i in train} and test
+    assert any(big in {i.study_id for i in split_by_study(images, 0.3, seed=s, min_train_share=0.0)[1]}
+               for s in range(8))
+    with pytest.raises(ValueError, match="min_train_share"):
+        split_by_study(images, 0.3, seed=0, min_train_share=1.0)
