@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from medgr2_ray.actors.info import ActorInfo, actor_info, limit_threads
 from medgr2_ray.config import LearnerConfig, ModelConfig
@@ -53,3 +54,15 @@ class RewardLearnerActor:
     def save_pretrained(self, directory: str) -> str:
         """Write R as a directory (backbone + head in safetensors)."""
         return str(self.learner.save_pretrained(Path(directory)))
+
+    def save_checkpoint(self, directory: str, extra: dict[str, Any]) -> str:
+        """Exact checkpoint (weights, optimizer, schedule, version, RNG) for resuming the rounds."""
+        return str(self.learner.save_checkpoint(directory, extra))
+
+    def load_checkpoint(self, directory: str) -> dict[str, Any]:
+        """Restore a checkpoint written by `save_checkpoint`; returns its `extra`."""
+        return self.learner.load_checkpoint(directory)
+
+    def export_state_numpy(self) -> dict[str, Any]:
+        """The trainable weights as numpy arrays (tests compare runs with it)."""
+        return {k: v.detach().cpu().numpy() for k, v in self.learner.trainable_parameters().items()}

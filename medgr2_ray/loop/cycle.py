@@ -30,8 +30,11 @@ from medgr2_ray.data.templates import make_template_samples
 from medgr2_ray.eval.protocols import EvalResult, balanced_modality_test, modality_question
 from medgr2_ray.eval.report import build_report
 from medgr2_ray.loop.evaluation import evaluate_solver
+from medgr2_ray.loop.round_state import (check_resumable, clear_final, completed_data, completed_rounds,
+                                         final_reward_dir, rounds_fingerprint, write_final)
 from medgr2_ray.loop.rounds import CoEvolution, Progress
 from medgr2_ray.loop.solver_sft import REPORT_EVERY, run_solver_sft
+from medgr2_ray.loop.transfer import run_configured_transfers
 from medgr2_ray.metrics import RunLog
 from medgr2_ray.models.tiny import ensure_model_dir
 from medgr2_ray.types import MedImage, Modality, Sample, TaskType
@@ -115,20 +118,44 @@ def _run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def run_rounds(cfg: Config, data: CycleData, run_dir: Path, log: RunLog, progress: Progress) -> tuple[list[Sample], Path]:
-    """Round 0 and rounds 1..N; returns every kept generated sample and R's directory."""
+def run_rounds(cfg: Config, data: CycleData, run_dir: Path, log: RunLog, progress: Progress,
+               resume: bool = False) -> tuple[list[Sample], Path]:
+    """Round 0 and rounds 1..N; returns every kept generated sample and R's directory.
+
+    Each round ends with checkpoints of G and R and `data/round_k/DONE.json` (see `round_state.py`).
+    With `resume`, complete rounds are skipped: G and R come back from the last one's checkpoints and
+    the rounds after it run; a round without DONE is redone from its start in an emptied directory;
+    when every round is complete and R's directory was written after the last one, nothing is rebuilt.
+    A config that changes what the rounds produce is refused with the differing fields named.
+    Without `resume` (as before resume existed) the rounds start over from round 0 in the same run
+    directory: each round's directory is replaced when that round starts, so nothing is appended; an
+    earlier run's round directories beyond `cycle.rounds` stay on disk but never count as complete.
+    """
+    fingerprint = rounds_fingerprint(cfg, [i.image_id for i in data.pool.images], [i.image_id for i in data.train])
+    done = completed_rounds(run_dir) if resume else []
+    check_resumable(done, fingerprint, cfg.cycle.rounds)
+    if done and done[-1].round == cfg.cycle.rounds and (rm_ready := final_reward_dir(run_dir, done[-1])):
+        progress("rounds: all complete (resumed)", len(done), len(done))
+        return completed_data(run_dir, done)[0], rm_ready
+    clear_final(run_dir)
     cache = cfg.data.cache_dir
     evo = CoEvolution(cfg, ensure_model_dir(cfg.generator, cache, cfg.run.seed, "generator"),
                       ensure_model_dir(cfg.reward_model, cache, cfg.run.seed, "reward"),
                       {i.image_id: i for i in data.pool.images}, _pixels(data.pool), run_dir, log, progress)
     try:
-        write_samples(run_dir / "data" / "round_0" / "seeds.jsonl", data.seeds)
-        evo.train_generator(data.seeds, cfg.cycle.generator_bootstrap_steps, "round 0: generator SFT")
-        evo.train_reward_model(data.seeds, cfg.cycle.rm_bootstrap_steps, "round 0: reward model")
-        for k in range(1, cfg.cycle.rounds + 1):
+        if done:
+            evo.restore(done)
+            progress("rounds: resumed after round", done[-1].round, cfg.cycle.rounds)
+        else:
+            evo.bootstrap(data.seeds)
+            evo.complete_round(0, fingerprint)
+        for k in range(len(done) or 1, cfg.cycle.rounds + 1):
             evo.run_round(k, data.train)
+            evo.complete_round(k, fingerprint)
         rm_dir = evo.save(run_dir / "models" / "reward_model")
         (run_dir / "data" / "rounds.json").write_text(json.dumps(evo.state.summaries, indent=1))
+        assert evo.state.last is not None  # complete_round ran at least for round 0
+        write_final(run_dir, evo.state.last, rm_dir)
         return evo.state.kept, rm_dir
     finally:
         evo.shutdown()
@@ -162,7 +189,7 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleRes
     data = prepare_data(cfg)
     evals: dict[str, EvalResult] = {}
     with RunLog(run_dir) as log:
-        kept, rm_dir = run_rounds(cfg, data, run_dir, log, progress)
+        kept, rm_dir = run_rounds(cfg, data, run_dir, log, progress, resume)
         policy_dir = ensure_model_dir(cfg.policy, cfg.data.cache_dir, cfg.run.seed, "policy")
         evals["untrained"] = evaluate_solver(cfg, policy_dir, data.test_samples, run_dir, "0_untrained")
         train_set = kept + (data.seeds if cfg.solver.include_seeds else [])
@@ -177,6 +204,7 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleRes
             final = run_grpo(cfg, sft.model_dir, rm_dir, train_set, _pixels(data.pool), run_dir, progress, resume)
             evals["after_grpo"] = evaluate_solver(cfg, final, data.test_samples, run_dir, "2_after_grpo")
         evals.update(_external_tests(cfg, final, run_dir))
+        run_configured_transfers(cfg, data, run_dir, progress)  # Med-R1 protocols, if eval.transfer_protocols
         for name, result in evals.items():
             log.log(0, {"accuracy": result.accuracy, "blind_bound": result.blind_bound}, f"eval_{name}")
     report = build_report(run_dir)

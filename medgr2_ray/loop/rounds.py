@@ -7,12 +7,19 @@ on graded data built from the kept samples; G is fine-tuned on its kept samples 
 fine-tuning) and publishes new weights that the generator pool loads in place before the next round.
 Every candidate is written to `data/round_k/` with its provenance and the selection decision, and every
 output that did not become a sample is written with its reason.
+
+Resume (`round_state.py` has the file rules): after round 0 and after every round k, `complete_round`
+writes exact checkpoints of G and R (weights, optimizer, schedule, version, RNG; safetensors) to
+`checkpoints/rounds/round_k/`, then `data/round_k/DONE.json`; `restore` brings a fresh CoEvolution back
+to the end of the last complete round (learners from the checkpoints, kept samples and summaries from
+the round files), so the rounds after it run as if there had been no interruption.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +34,13 @@ from medgr2_ray.actors.reward_learner import RewardLearnerActor
 from medgr2_ray.actors.rollout import RolloutActor
 from medgr2_ray.algo.perturb import build_graded_samples
 from medgr2_ray.algo.selection import select_samples
+from medgr2_ray.checkpoint import commit_directory, load_json, staging_directory
 from medgr2_ray.config import Config
 from medgr2_ray.data.store import write_samples
 from medgr2_ray.loop.stages import (generator_requests, generator_sft_examples, parse_candidates, reward_examples,
                                     reward_request)
+from medgr2_ray.loop.round_state import (KEEP_CHECKPOINTS, IncompatibleRunError, RoundRecord, completed_data,
+                                         prune_checkpoints, round_checkpoint, round_dir, write_done)
 from medgr2_ray.metrics import RunLog
 from medgr2_ray.types import MedImage, PromptStrategy, Rollout, Sample, SamplingParams, TaskType, WeightVersion
 
@@ -45,6 +55,7 @@ class RoundState:
     generator_version: int = 0
     rm_version: int = 0
     summaries: list[dict[str, Any]] = field(default_factory=list)
+    last: RoundRecord | None = None  # the last complete round (its DONE.json), None before round 0 ends
 
 
 class CoEvolution:
@@ -92,6 +103,14 @@ class CoEvolution:
             self.progress(stage, min(start + chunk, steps), steps)
         self.state.rm_version += steps
 
+    # ------------------------------------------------------------ round 0
+    def bootstrap(self, seeds: Sequence[Sample]) -> None:
+        """Round 0: G learns to write samples from the template seeds, R learns the graded scale."""
+        _fresh_dir(round_dir(self.run_dir, 0))
+        write_samples(round_dir(self.run_dir, 0) / "seeds.jsonl", list(seeds))
+        self.train_generator(seeds, self.cfg.cycle.generator_bootstrap_steps, "round 0: generator SFT")
+        self.train_reward_model(seeds, self.cfg.cycle.rm_bootstrap_steps, "round 0: reward model")
+
     # ------------------------------------------------------------ one round
     def _generate(self, requests: list, sampling: SamplingParams, weights: WeightVersion) -> list[Rollout]:
         ray.get([m.ready_ref for m in self.g_pool.members])
@@ -108,6 +127,7 @@ class CoEvolution:
     def run_round(self, k: int, train_images: Sequence[MedImage]) -> None:
         """Generate, score, select, record; then refresh R and fine-tune G on the kept samples."""
         cfg = self.cfg.cycle
+        _fresh_dir(round_dir(self.run_dir, k))  # a round redone after a crash starts from an empty directory
         rng = random.Random(f"{self.cfg.run.seed}|round|{k}")
         chosen = rng.sample(list(train_images), min(cfg.images_per_round, len(train_images)))
         tasks = [TaskType(t) for t in cfg.tasks]
@@ -133,6 +153,7 @@ class CoEvolution:
     def _record(self, k: int, rollouts: list[Rollout], parsed: Any, decided: list[Sample], selection: Any) -> None:
         out = self.run_dir / "data" / f"round_{k}"
         write_samples(out / "samples.jsonl", decided)
+        write_samples(out / "kept.jsonl", list(selection.kept))  # exactly what joined `state.kept`, in order
         with (out / "failures.jsonl").open("w") as f:
             for failure in parsed.failures:
                 f.write(json.dumps({"reason": failure.reason, "text": failure.text}) + "\n")
@@ -150,15 +171,56 @@ class CoEvolution:
         self.state.summaries.append(summary)
         self.log.log(k, {key: float(v) for key, v in summary.items() if isinstance(v, (int, float)) and v is not None}, "round")
 
+    # ------------------------------------------------------------ resume
+    def complete_round(self, k: int, fingerprint: dict[str, Any]) -> RoundRecord:
+        """Checkpoint G and R after round k, then mark it complete (DONE.json last); prune old checkpoints."""
+        previous = self.state.last.digest if self.state.last is not None else None
+        extra = {"round": k, "previous": previous or ""}
+        where = round_checkpoint(self.run_dir, k)
+        r_saved = self.r_learner.save_checkpoint.remote(str(where / "reward_model"), extra)
+        self.g_learner.save_checkpoint(where / "generator", extra)
+        ray.get(r_saved)
+        kept = int(self.state.summaries[-1]["kept"]) if k > 0 else 0
+        self.state.last = write_done(self.run_dir, k, self.state.generator_version, self.state.rm_version, kept,
+                                     fingerprint, previous)
+        prune_checkpoints(self.run_dir, k)
+        return self.state.last
+
+    def restore(self, records: Sequence[RoundRecord]) -> None:
+        """Continue after the last of `records` (a complete chain from round 0): learners from its
+        checkpoints, kept samples and summaries from rounds 1..k's files."""
+        last = records[-1]
+        where = round_checkpoint(self.run_dir, last.round)
+        for name in ("generator", "reward_model"):
+            meta = load_json(where / name / "trainer.json").get("extra", {})
+            if meta.get("round") != last.round or meta.get("previous") != (last.previous or ""):
+                raise IncompatibleRunError(
+                    f"{where / name}: this checkpoint was not written by round {last.round} of the chain ending at "
+                    f"{last.path} (only the last {KEEP_CHECKPOINTS} rounds' checkpoints are kept); run without --resume to start over")
+        self.g_learner.load_checkpoint(where / "generator")
+        ray.get(self.r_learner.load_checkpoint.remote(str(where / "reward_model")))
+        kept, summaries = completed_data(self.run_dir, records)
+        self.state = RoundState(kept, last.generator_version, last.rm_version, summaries, last)
+
     def save(self, out_dir: Path) -> Path:
-        """Write R as a directory (the GRPO scorer pool loads it)."""
-        return Path(ray.get(self.r_learner.save_pretrained.remote(str(out_dir))))
+        """Write R as a directory (the GRPO scorer pool loads it), whole or not at all."""
+        staged = staging_directory(out_dir)
+        shutil.rmtree(staged, ignore_errors=True)
+        ray.get(self.r_learner.save_pretrained.remote(str(staged)))
+        commit_directory(staged, out_dir)
+        return out_dir
 
     def shutdown(self) -> None:
         """Stop G's learner and pool and R's learner."""
         self.g_pool.shutdown()
         self.g_learner.shutdown()
         ray.kill(self.r_learner)
+
+
+def _fresh_dir(path: Path) -> None:
+    """An empty directory at `path`: a partial earlier attempt's files are replaced, never appended to."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
 
 
 def _answer_agreement(samples: Sequence[Sample], images: dict[str, MedImage]) -> float | None:
