@@ -308,6 +308,18 @@ class SolverConfig(_Section):
     """Held-out questions per modality (balanced test set, held-out studies only)."""
 
 
+class EvalConfig(_Section):
+    """Evaluation protocols beyond the held-out accuracy after each solver stage."""
+
+    transfer_protocols: list[Literal["cross-modality", "cross-task"]] = []
+    """Med-R1 transfer protocols `medgr2 run` adds after the solver stages: each fine-tunes a fresh solver
+    per training modality (or task type) and tests it on every one (eval/transfer.py). Empty: none."""
+    transfer_steps: int = Field(150, ge=1)
+    """SFT steps of each fresh solver in a transfer protocol (also `medgr2 eval transfer --steps`)."""
+    transfer_greedy: bool = True
+    """Report greedy exact match beside the likelihood accuracy in every transfer cell."""
+
+
 class Config(_Section):
     """The whole system's configuration."""
 
@@ -336,6 +348,8 @@ class Config(_Section):
     solver: SolverConfig = SolverConfig()
     loop: LoopConfig = LoopConfig()
     """The asynchronous GRPO loop (actors/, loop/controller.py)."""
+    eval: EvalConfig = EvalConfig()
+    """Extra evaluation protocols (Med-R1 cross-modality / cross-task transfer)."""
 
 
 class ConfigError(ValueError):

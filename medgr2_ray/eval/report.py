@@ -120,8 +120,61 @@ def _round_tables(run_dir: Path, thumbs: Path) -> str:
 
 
 def _evals(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Accuracy points (before/after each stage, external sets); transfer matrices and error lists are
+    other files in the same folder and are shown elsewhere."""
     found = sorted((run_dir / "eval").glob("*.json"), key=lambda p: p.stat().st_mtime)
-    return {p.stem: json.loads(p.read_text()) for p in found}
+    loaded = {p.stem: json.loads(p.read_text()) for p in found if not p.name.startswith("transfer_")}
+    return {k: v for k, v in loaded.items() if isinstance(v, dict) and "accuracy" in v}
+
+
+def _transfer_heatmap(out: Path, m: dict[str, Any]) -> str:
+    """Accuracy train-group x test-group (plus the untrained row) as an annotated heat map."""
+    rows, cols = m["rows"], m["columns"]
+    grid = [[m["cells"][r][c]["accuracy"] for c in cols] for r in rows] + [[m["baseline"][c]["accuracy"] for c in cols]]
+    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 3, 0.5 * len(grid) + 1.8), dpi=100)
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+    for i, line in enumerate(grid):
+        for j, v in enumerate(line):
+            ax.text(j, i, f"{v:.0%}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+    ax.set_xticks(range(len(cols)), cols, rotation=25, ha="right", fontsize=8)
+    ax.set_yticks(range(len(grid)), [*rows, "untrained"], fontsize=8)
+    ax.set_xlabel("tested on (held-out studies)")
+    ax.set_ylabel("fine-tuned on")
+    ax.set_title(f"{m['protocol']}: in-domain {m['in_domain']:.0%}, out-of-domain {m['out_of_domain']:.0%}", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out.name
+
+
+def _transfer_cell(c: dict[str, Any], bold: bool = False) -> str:
+    greedy = "" if c.get("greedy_accuracy") is None else f" <small>({c['greedy_accuracy']:.0%})</small>"
+    text = f"{c['accuracy']:.0%}{greedy}"
+    return f"<td><b>{text}</b></td>" if bold else f"<td>{text}</td>"
+
+
+def _transfer_section(run_dir: Path, out: Path) -> str:
+    """Med-R1 transfer matrices (`eval/transfer_<protocol>.json`): heat map and table per protocol."""
+    parts = []
+    for path in sorted((run_dir / "eval").glob("transfer_*.json")):
+        m = json.loads(path.read_text())
+        cols = m["columns"]
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join(f"<tr><th>{html.escape(r)}</th><td>{m['train_counts'][r]}</td>"
+                       + "".join(_transfer_cell(m["cells"][r][c], c == r) for c in cols) + "</tr>" for r in m["rows"])
+        body += "<tr><th>untrained</th><td>0</td>" + "".join(_transfer_cell(m["baseline"][c]) for c in cols) + "</tr>"
+        body += "<tr><th>image-blind bound</th><td>-</td>" + "".join(f"<td>{m['blind_bound'][c]:.0%}</td>" for c in cols) + "</tr>"
+        body += "<tr><th>n test</th><td>-</td>" + "".join(f"<td>{m['test_counts'][c]}</td>" for c in cols) + "</tr>"
+        notes = "; ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in {**m["skipped"], **m["unusable"]}.items())
+        png = _transfer_heatmap(out / f"{path.stem}.png", m)
+        parts.append(
+            f"<h3>{html.escape(m['protocol'])} ({m['steps']} SFT steps per row)</h3><img src='{png}'>"
+            f"<table><tr><th>fine-tuned on \\ tested on</th><th>n train</th>{head}</tr>{body}</table>"
+            f"<p>Likelihood accuracy (greedy exact match in brackets), diagonal bold. In-domain mean "
+            f"{m['in_domain']:.1%}, out-of-domain mean {m['out_of_domain']:.1%}, one image-blind order over all "
+            f"columns {m['blind_bound_all']:.1%}. {notes}</p>")
+    return "\n".join(parts)
 
 
 def _plots(records: list[dict[str, Any]], evals: dict[str, dict[str, Any]], out: Path) -> list[str]:
@@ -153,6 +206,9 @@ def build_report(run_dir: str | Path) -> Path:
         for k, v in evals.items()
     )
     config = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
+    transfer = _transfer_section(run, out)
+    if transfer:
+        transfer = f"<h2>Transfer: Med-R1 cross-modality / cross-task protocols</h2>{transfer}"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medgr2 run {html.escape(run.name)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:3px;vertical-align:top}} tr.rejected{{color:#999}} img{{margin:4px}}</style>
@@ -160,6 +216,7 @@ td,th{{border:1px solid #ccc;padding:3px;vertical-align:top}} tr.rejected{{color
 <h2>Evaluation (held-out studies)</h2><table><tr><th>point</th><th>accuracy</th><th>image-blind bound</th>
 <th>per modality</th></tr>{eval_rows}</table>
 <h2>Plots</h2>{images}
+{transfer}
 <h2>Generated samples</h2>{_round_tables(run, thumbs)}
 <h2>Resolved config</h2><pre>{html.escape(config)}</pre></body></html>"""
     index = out / "index.html"
