@@ -31,10 +31,9 @@ from medgr2_ray.eval.protocols import EvalResult, balanced_modality_test, modali
 from medgr2_ray.eval.report import build_report
 from medgr2_ray.loop.evaluation import evaluate_solver
 from medgr2_ray.loop.round_state import (check_resumable, clear_final, completed_data, completed_rounds,
-                                         final_reward_dir, rounds_fingerprint, write_final)
+                                         final_reward_dir, forget_rounds, rounds_fingerprint, write_final)
 from medgr2_ray.loop.rounds import CoEvolution, Progress
 from medgr2_ray.loop.solver_sft import REPORT_EVERY, run_solver_sft
-from medgr2_ray.loop.transfer import run_configured_transfers
 from medgr2_ray.metrics import RunLog
 from medgr2_ray.models.tiny import ensure_model_dir
 from medgr2_ray.types import MedImage, Modality, Sample, TaskType
@@ -128,8 +127,9 @@ def run_rounds(cfg: Config, data: CycleData, run_dir: Path, log: RunLog, progres
     when every round is complete and R's directory was written after the last one, nothing is rebuilt.
     A config that changes what the rounds produce is refused with the differing fields named.
     Without `resume` (as before resume existed) the rounds start over from round 0 in the same run
-    directory: each round's directory is replaced when that round starts, so nothing is appended; an
-    earlier run's round directories beyond `cycle.rounds` stay on disk but never count as complete.
+    directory: every DONE.json is removed first, and each round's directory is replaced when that round
+    starts, so nothing is appended; an earlier run's round directories beyond `cycle.rounds` stay on
+    disk but never count as complete.
     """
     fingerprint = rounds_fingerprint(cfg, [i.image_id for i in data.pool.images], [i.image_id for i in data.train])
     done = completed_rounds(run_dir) if resume else []
@@ -138,6 +138,8 @@ def run_rounds(cfg: Config, data: CycleData, run_dir: Path, log: RunLog, progres
         progress("rounds: all complete (resumed)", len(done), len(done))
         return completed_data(run_dir, done)[0], rm_ready
     clear_final(run_dir)
+    if not done:
+        forget_rounds(run_dir)  # starting over: an earlier run's rounds here must never count as this run's
     cache = cfg.data.cache_dir
     evo = CoEvolution(cfg, ensure_model_dir(cfg.generator, cache, cfg.run.seed, "generator"),
                       ensure_model_dir(cfg.reward_model, cache, cfg.run.seed, "reward"),
@@ -204,7 +206,6 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleRes
             final = run_grpo(cfg, sft.model_dir, rm_dir, train_set, _pixels(data.pool), run_dir, progress, resume)
             evals["after_grpo"] = evaluate_solver(cfg, final, data.test_samples, run_dir, "2_after_grpo")
         evals.update(_external_tests(cfg, final, run_dir))
-        run_configured_transfers(cfg, data, run_dir, progress)  # Med-R1 protocols, if eval.transfer_protocols
         for name, result in evals.items():
             log.log(0, {"accuracy": result.accuracy, "blind_bound": result.blind_bound}, f"eval_{name}")
     report = build_report(run_dir)

@@ -217,6 +217,16 @@ def clear_final(run_dir: Path) -> None:
     (run_dir / "checkpoints" / "rounds" / FINAL).unlink(missing_ok=True)
 
 
+def forget_rounds(run_dir: Path) -> list[Path]:
+    """Remove every round's DONE.json (the rounds start over: an earlier run's rounds in this directory
+    must never count as this run's); returns the markers removed. The data files stay until each
+    round is redone, as they did before resume existed."""
+    markers = sorted((run_dir / "data").glob(f"round_*/{DONE}"))
+    for marker in markers:
+        marker.unlink()
+    return markers
+
+
 def completed_data(run_dir: Path, records: Sequence[RoundRecord]) -> tuple[list[Sample], list[dict[str, Any]]]:
     """The kept samples (in the order rounds kept them) and the summaries of complete rounds 1..k."""
     kept: list[Sample] = []
