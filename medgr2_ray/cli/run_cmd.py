@@ -48,5 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the `run` command."""
     parser = sub.add_parser("run", help="run the MedGR2 cycle (rounds, solver SFT and GRPO, evaluation, report)")
     add_config_args(parser, required=True)
-    parser.add_argument("--resume", action="store_true", help="continue the run in runs/<name> from its checkpoints")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in runs/<name>: complete co-evolution rounds are skipped (a config "
+                        "that changes what they produce is refused, naming the field), solver SFT and GRPO continue "
+                        "from their checkpoints; without it the run starts over in the same directory")
     parser.set_defaults(handler=_run)

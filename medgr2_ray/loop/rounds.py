@@ -151,7 +151,7 @@ class CoEvolution:
             self.train_generator(selection.kept, cfg.generator_rft_steps, f"round {k}: generator RFT")
 
     def _record(self, k: int, rollouts: list[Rollout], parsed: Any, decided: list[Sample], selection: Any) -> None:
-        out = self.run_dir / "data" / f"round_{k}"
+        out = round_dir(self.run_dir, k)
         write_samples(out / "samples.jsonl", decided)
         write_samples(out / "kept.jsonl", list(selection.kept))  # exactly what joined `state.kept`, in order
         with (out / "failures.jsonl").open("w") as f:
@@ -192,11 +192,13 @@ class CoEvolution:
         last = records[-1]
         where = round_checkpoint(self.run_dir, last.round)
         for name in ("generator", "reward_model"):
-            meta = load_json(where / name / "trainer.json").get("extra", {})
+            trainer = where / name / "trainer.json"
+            meta = load_json(trainer).get("extra", {}) if trainer.is_file() else {}
             if meta.get("round") != last.round or meta.get("previous") != (last.previous or ""):
                 raise IncompatibleRunError(
-                    f"{where / name}: this checkpoint was not written by round {last.round} of the chain ending at "
-                    f"{last.path} (only the last {KEEP_CHECKPOINTS} rounds' checkpoints are kept); run without --resume to start over")
+                    f"{where / name}: no checkpoint written by round {last.round} of the rounds that {last.path} "
+                    f"completes (only the last {KEEP_CHECKPOINTS} rounds' checkpoints are kept); "
+                    "run without --resume to start the rounds over")
         self.g_learner.load_checkpoint(where / "generator")
         ray.get(self.r_learner.load_checkpoint.remote(str(where / "reward_model")))
         kept, summaries = completed_data(self.run_dir, records)

@@ -39,7 +39,8 @@ def test_fingerprint_names_the_fields_that_shape_rounds_and_ignores_the_rest(tmp
     records = _complete(tmp_path, 2)
     # More rounds or more CPUs per rank: the completed rounds are still what this config would make.
     check_resumable(records, _fingerprint("cycle.rounds=5", "learner.num_cpus_per_rank=2"), 5)
-    with pytest.raises(IncompatibleRunError, match=r"cycle\.temperature: the completed rounds used 0\.9, this config has 0\.5"):
+    with pytest.raises(IncompatibleRunError,
+                       match=r"cycle\.temperature: the completed rounds used 0\.9, this config has 0\.5"):
         check_resumable(records, _fingerprint("cycle.temperature=0.5"), 5)
     with pytest.raises(IncompatibleRunError) as both:
         check_resumable(records, _fingerprint("selection.top_k=3", "generator.tiny.hidden_size=32"), 5)

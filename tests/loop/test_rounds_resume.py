@@ -75,6 +75,11 @@ def _tensors_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bo
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _as_tensors(arrays: dict) -> dict[str, torch.Tensor]:
+    """Tensors from an actor's numpy arrays (copied: arrays from the object store are read-only)."""
+    return {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
+
+
 @dataclass(frozen=True)
 class Resumed:
     run_dir: Path
@@ -151,11 +156,13 @@ def test_restore_reloads_exactly_the_saved_weights_and_kept_samples(resumed: Res
                           {i.image_id: i for i in data.pool.images}, _pixels(data.pool), resumed.run_dir, log,
                           lambda *_: None)
         try:
-            fresh_g = {k: torch.from_numpy(v) for k, v in evo.g_learner.weights_numpy().items()}
+            fresh_g = _as_tensors(evo.g_learner.weights_numpy())
             assert not _tensors_equal(fresh_g, saved["generator"])  # so the equality below means something
+            with pytest.raises(IncompatibleRunError, match=r"round_0/generator: no checkpoint written by round 0"):
+                evo.restore(records[:1])  # round 0's checkpoints were pruned once round 2 completed
             evo.restore(records)
-            g = {k: torch.from_numpy(v) for k, v in evo.g_learner.weights_numpy().items()}
-            r = {k: torch.from_numpy(v) for k, v in ray.get(evo.r_learner.export_state_numpy.remote()).items()}
+            g = _as_tensors(evo.g_learner.weights_numpy())
+            r = _as_tensors(ray.get(evo.r_learner.export_state_numpy.remote()))
             assert _tensors_equal(g, saved["generator"]) and _tensors_equal(r, saved["reward_model"])
             assert evo.state.kept == resumed.first.kept
             assert (evo.state.generator_version, evo.state.rm_version) == (records[-1].generator_version,
@@ -175,7 +182,8 @@ def test_every_round_complete_goes_straight_on(resumed: Resumed, tiny_cache: Pat
 def test_incompatible_config_is_refused_naming_the_field(resumed: Resumed, tiny_cache: Path) -> None:
     before = _files(resumed.run_dir, range(3))
     root = resumed.run_dir.parent
-    with pytest.raises(IncompatibleRunError, match=r"cycle\.temperature: the completed rounds used 0\.3, this config has 0\.7"):
+    with pytest.raises(IncompatibleRunError,
+                       match=r"cycle\.temperature: the completed rounds used 0\.3, this config has 0\.7"):
         _run_rounds(_config(root, "resumed", tiny_cache, "cycle.rounds=3", "cycle.temperature=0.7"), resume=True)
     with pytest.raises(IncompatibleRunError, match=r"run\.seed: the completed rounds used 0, this config has 1"):
         _run_rounds(_config(root, "resumed", tiny_cache, "cycle.rounds=3", "run.seed=1"), resume=True)
