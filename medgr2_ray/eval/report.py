@@ -131,8 +131,9 @@ def _transfer_heatmap(out: Path, m: dict[str, Any]) -> str:
     """Accuracy train-group x test-group (plus the untrained row) as an annotated heat map."""
     rows, cols = m["rows"], m["columns"]
     grid = [[m["cells"][r][c]["accuracy"] for c in cols] for r in rows] + [[m["baseline"][c]["accuracy"] for c in cols]]
-    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 3, 0.5 * len(grid) + 1.8), dpi=100)
-    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 3, 0.45 * len(grid) + 2), dpi=100)
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.axhline(len(rows) - 0.5, color="white", linewidth=2)  # fine-tuned rows above, the untrained one below
     for i, line in enumerate(grid):
         for j, v in enumerate(line):
             ax.text(j, i, f"{v:.0%}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)

@@ -45,7 +45,7 @@ import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -68,7 +68,7 @@ class TransferSpec:
     train: Mapping[str, tuple[Sample, ...]]  # row -> its training questions
     test: tuple[Sample, ...]  # every held-out question; `group_of` says its column
     skipped: Mapping[str, str]  # a group that is no row, and why
-    unusable: Mapping[str, int]  # (task: reason) -> images that gave no question, counted, never silent
+    unusable: Mapping[str, int]  # "side task: reason" -> (image, draw) pairs that gave no question, never silent
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ def assemble(spec: TransferSpec, results: Sequence[RowResult], steps: int) -> Tr
     )
 
 
-def to_json(matrix: TransferMatrix, seconds: float | None = None) -> dict:
+def to_json(matrix: TransferMatrix, seconds: float | None = None) -> dict[str, Any]:
     """JSON-ready dict (what `eval/transfer_<protocol>.json` holds)."""
     out = dataclasses.asdict(matrix)
     out["rows"], out["columns"] = list(matrix.rows), list(matrix.columns)
@@ -290,7 +290,7 @@ def markdown(matrix: TransferMatrix) -> str:
     if matrix.skipped:
         lines.append("Not a row: " + "; ".join(f"{k}: {v}" for k, v in matrix.skipped.items()) + ".")
     if matrix.unusable:
-        lines.append("Images without a question: " + "; ".join(f"{k}: {v}" for k, v in matrix.unusable.items()) + ".")
+        lines.append("Question draws that gave no question: " + "; ".join(f"{k}: {v}" for k, v in matrix.unusable.items()) + ".")
     lines += _task_tables(matrix)
     return "\n".join(lines) + "\n"
 
@@ -298,7 +298,7 @@ def markdown(matrix: TransferMatrix) -> str:
 def _task_tables(matrix: TransferMatrix) -> list[str]:
     """Cross-modality cells split by task (likelihood accuracy): the image-dependent part is visible."""
     tasks = sorted({t for row in matrix.cells.values() for c in row.values() for t in c.by_task})
-    if len(tasks) < 2:
+    if len(tasks) < 2 or matrix.protocol != "cross-modality":  # cross-task columns are the tasks already
         return []
     out = []
     for task in tasks:

@@ -15,7 +15,7 @@ import torch
 
 from medgr2_ray.config import Config, ConfigError, EvalConfig, load_config
 from medgr2_ray.data.vocab import display_name
-from medgr2_ray.eval.transfer import PROTOCOLS, check_protocol, group_of, spec_from_config
+from medgr2_ray.eval.transfer import PROTOCOLS, TransferMatrix, check_protocol, group_of, spec_from_config
 from medgr2_ray.loop.cycle import CycleData, prepare_data, with_absolute_paths
 from medgr2_ray.types import TaskType
 
@@ -68,7 +68,7 @@ def test_questions_are_split_by_study_and_match_the_test_set(setup: Setup, proto
 
 
 @pytest.fixture(scope="module")
-def cross_modality(setup: Setup, ray_cluster: None) -> tuple[Path, object]:
+def cross_modality(setup: Setup, ray_cluster: None) -> tuple[Path, TransferMatrix]:
     from medgr2_ray.loop.transfer import run_transfer
     from medgr2_ray.models.tiny import ensure_model_dir
 
@@ -78,7 +78,7 @@ def cross_modality(setup: Setup, ray_cluster: None) -> tuple[Path, object]:
     return run_dir, run_transfer(cfg, setup.data, model_dir, run_dir, "cross-modality", steps=30)
 
 
-def test_matrix_shape_counts_and_files(setup: Setup, cross_modality: tuple[Path, object]) -> None:
+def test_matrix_shape_counts_and_files(setup: Setup, cross_modality: tuple[Path, TransferMatrix]) -> None:
     run_dir, m = cross_modality
     spec = spec_from_config(setup.cfg, "cross-modality", setup.data.train, setup.data.test, setup.data.test_samples)
     assert m.rows == spec.rows and m.columns == spec.columns and len(m.rows) >= 3
@@ -98,7 +98,7 @@ def test_matrix_shape_counts_and_files(setup: Setup, cross_modality: tuple[Path,
     assert all(f"| {r} |" in table for r in m.rows) and "image-blind bound" in table
 
 
-def test_a_solver_trained_on_one_modality_beats_the_untrained_one_there(cross_modality: tuple[Path, object]) -> None:
+def test_a_solver_trained_on_one_modality_beats_the_untrained_one_there(cross_modality: tuple[Path, TransferMatrix]) -> None:
     _, m = cross_modality
     gains = {r: m.cells[r][r].accuracy - m.baseline[r].accuracy for r in m.rows}
     assert all(g > 0 for g in gains.values()), gains
@@ -106,7 +106,7 @@ def test_a_solver_trained_on_one_modality_beats_the_untrained_one_there(cross_mo
     assert m.in_domain > m.out_of_domain
 
 
-def test_report_shows_the_matrix(cross_modality: tuple[Path, object]) -> None:
+def test_report_shows_the_matrix(cross_modality: tuple[Path, TransferMatrix]) -> None:
     from medgr2_ray.eval.report import build_report
 
     run_dir, m = cross_modality
