@@ -111,11 +111,14 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> d
                          "run `medgr2 run` first (with at least one round) and pass its run directory")
     k = min(len(candidates) - 1, max(8, len(candidates) // 4))
     top = sorted(candidates, key=lambda s: -s.provenance.reward)[:k]
-    out = {"candidates": len(candidates), "k": k, "rows": []}
+    images = {i.image_id: i for i in prepare_data(cfg).pool.images}
+    out = {"candidates": len(candidates), "k": k, "rows": [],
+           # does R pick faithful samples? (modality answers checked against the image's metadata)
+           "faithful_all": faithful_rate(candidates, images), "faithful_top_k": faithful_rate(top, images)}
     for seed in seeds:
         _, test, pixels = split_data(cfg, 0)  # the run's own split (seed 0) keeps its test studies unseen
         rnd = random.Random(seed).sample(candidates, k)
-        row = {"seed": seed}
+        row = {"seed": seed, "faithful_random_k": faithful_rate(rnd, images)}
         for name, subset in (("top_k", top), ("random_k", rnd)):
             learner = new_learner(cfg, seed)
             sft(learner, cfg, subset, pixels, steps, seed)
@@ -123,6 +126,17 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> d
         out["rows"].append(row)
         print(f"selection seed {seed}: top-K {row['top_k']:.1%} vs random-K {row['random_k']:.1%}", flush=True)
     return out
+
+
+def faithful_rate(samples: list[Sample], images: dict) -> float | None:
+    """Share of modality questions among `samples` whose answer names the image's true modality."""
+    from medgr2_ray.data.vocab import modality_from_text
+    from medgr2_ray.types import TaskType
+
+    checkable = [s for s in samples if s.task_type == TaskType.MODALITY and s.image_id in images]
+    if not checkable:
+        return None
+    return float(np.mean([modality_from_text(s.answer) == images[s.image_id].modality for s in checkable]))
 
 
 def markdown(result: dict) -> str:
@@ -143,9 +157,13 @@ def markdown(result: dict) -> str:
                      f"{'MET' if met else 'NOT MET'}.")
     selection = result.get("selection")
     if selection:
-        lines += ["", f"Selection: {selection['candidates']} scored candidates of one run, K = {selection['k']}.", "",
-                  "| seed | SFT on reward-top-K | SFT on random K |", "|---|---|---|"]
-        lines += [f"| {r['seed']} | {r['top_k']:.1%} | {r['random_k']:.1%} |" for r in selection["rows"]]
+        pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+        lines += ["", f"Selection: {selection['candidates']} scored candidates of one run, K = {selection['k']}. "
+                      f"Faithful modality answers: all candidates {pct(selection.get('faithful_all'))}, "
+                      f"reward-top-K {pct(selection.get('faithful_top_k'))}.", "",
+                  "| seed | SFT on reward-top-K | SFT on random K | faithful in random K |", "|---|---|---|---|"]
+        lines += [f"| {r['seed']} | {r['top_k']:.1%} | {r['random_k']:.1%} | {pct(r.get('faithful_random_k'))} |"
+                  for r in selection["rows"]]
         better = all(r["top_k"] > r["random_k"] for r in selection["rows"])
         lines.append(f"\nGoal: top-K beats random-K on every seed -> {'MET' if better else 'NOT MET'}.")
     return "\n".join(lines) + "\n"
