@@ -34,6 +34,7 @@ from medgr2_ray.loop.round_state import (check_resumable, clear_final, completed
                                          final_reward_dir, forget_rounds, rounds_fingerprint, write_final)
 from medgr2_ray.loop.rounds import CoEvolution, Progress
 from medgr2_ray.loop.solver_sft import REPORT_EVERY, run_solver_sft
+from medgr2_ray.loop.transfer import run_configured_transfers
 from medgr2_ray.metrics import RunLog
 from medgr2_ray.models.tiny import ensure_model_dir
 from medgr2_ray.types import MedImage, Modality, Sample, TaskType
@@ -206,6 +207,7 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleRes
             final = run_grpo(cfg, sft.model_dir, rm_dir, train_set, _pixels(data.pool), run_dir, progress, resume)
             evals["after_grpo"] = evaluate_solver(cfg, final, data.test_samples, run_dir, "2_after_grpo")
         evals.update(_external_tests(cfg, final, run_dir))
+        run_configured_transfers(cfg, data, run_dir, progress)  # Med-R1 protocols, if eval.transfer_protocols
         for name, result in evals.items():
             log.log(0, {"accuracy": result.accuracy, "blind_bound": result.blind_bound}, f"eval_{name}")
     report = build_report(run_dir)
