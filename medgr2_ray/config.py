@@ -160,6 +160,9 @@ class LearnerConfig(_Section):
 class GRPOConfig(_Section):
     steps: int = Field(20, ge=0)
     """Learner steps of GRPO."""
+    lr: float | None = Field(None, gt=0.0, le=1.0)
+    """Learning rate of the GRPO stage; None uses `learner.lr`. RL after SFT usually wants a smaller
+    rate than SFT: at the SFT rate (1e-3) ten GRPO steps undid the tiny solver's SFT gains."""
     prompts_per_step: int = Field(8, ge=1)
     """Groups (prompts) per learner step."""
     group_size: int = Field(8, ge=2)

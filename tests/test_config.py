@@ -86,3 +86,16 @@ def test_cli_config_show(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert shown["learner"]["lr"] == 0.01 and shown["run"]["name"] == "cpu-tiny"
     assert main(["config", "show", "--set", "learner.lrr=1"]) == 2
     assert "did you mean 'learner.lr'" in capsys.readouterr().err
+
+
+def test_grpo_lr_overrides_the_learner_rate_for_the_grpo_stage_only() -> None:
+    from medgr2_ray.loop.grpo_stage import stage_config
+
+    cfg = load_config(REPO / "configs" / "cpu-tiny.yaml", [])
+    assert cfg.grpo.lr == 1e-4 and cfg.learner.lr == 1e-3
+    assert stage_config(cfg).learner.lr == 1e-4 and cfg.learner.lr == 1e-3  # the original is untouched
+    assert stage_config(cfg).learner.schedule == cfg.learner.schedule
+    same = load_config(None, [])
+    assert same.grpo.lr is None and stage_config(same) is same
+    with pytest.raises(Exception, match="grpo.lr"):
+        load_config(None, ["grpo.lr=0"])

@@ -27,9 +27,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def stage_config(cfg: Config) -> Config:
+    """The config the GRPO stage's actors get: `grpo.lr`, when set, replaces `learner.lr` (the learner
+    section keeps serving SFT and the rounds with its own rate)."""
+    if cfg.grpo.lr is None:
+        return cfg
+    return cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"lr": cfg.grpo.lr})})
+
+
 def run_grpo(cfg: Config, policy_dir: Path, reward_dir: Path | None, samples: Sequence[Sample],
              lookup: Callable[[str], np.ndarray], run_dir: Path, progress: Progress, resume: bool = False) -> Path:
     """GRPO from `policy_dir`; returns the directory of the trained policy."""
+    cfg = stage_config(cfg)
     system = ActorSystem.build(cfg, policy_dir, reward_dir if cfg.reward.alpha > 0 else None)
     try:
         # The controller checkpoints itself every `loop.checkpoint_every` steps into checkpoints/step_N.
