@@ -136,7 +136,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load_config(None, ["learner.schedule=cosine", f"learner.schedule_steps={args.sft_steps}",
                              "policy.tiny.image_size=112", *args.overrides])
-    result = {"machine": machine(), "settings": {k: v for k, v in vars(args).items()}}
+    result = {"machine": machine(), "settings": dict(vars(args))}
     result["rows"] = measure(cfg, args.seeds, args.sft_steps, args.seconds, args.lr)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "grpo_vs_sft.json").write_text(json.dumps(result, indent=1))

@@ -30,13 +30,15 @@ from common import machine  # noqa: E402
 
 from medgr2_ray.config import Config, load_config  # noqa: E402
 from medgr2_ray.data.store import read_samples  # noqa: E402
-from medgr2_ray.eval.protocols import EvalResult, accuracy_table, choose_by_likelihood  # noqa: E402
+from medgr2_ray.data.seedpool import load_configured_pool  # noqa: E402
+from medgr2_ray.eval.protocols import accuracy_table, answer_agreement  # noqa: E402
 from medgr2_ray.loop.cycle import prepare_data  # noqa: E402
 from medgr2_ray.learner.policy import PolicyLearner  # noqa: E402
 from medgr2_ray.loop.solver_sft import balanced_weights, batch_indices  # noqa: E402
-from medgr2_ray.loop.stages import solver_requests, solver_sft_examples  # noqa: E402
+from medgr2_ray.loop.transfer import predict  # noqa: E402
+from medgr2_ray.loop.stages import solver_sft_examples  # noqa: E402
 from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
-from medgr2_ray.types import Sample, SamplingParams  # noqa: E402
+from medgr2_ray.types import Sample  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,17 +55,9 @@ def split_data(cfg: Config, seed: int) -> tuple[list[Sample], list[Sample], dict
 
 
 def evaluate(learner: PolicyLearner, cfg: Config, test: list[Sample], pixels: dict[str, np.ndarray]) -> dict:
-    """Likelihood accuracy, greedy exact match (engine-free: the learner's own greedy decode)."""
-    from medgr2_ray.algo.rewards import extract_answer
-    from medgr2_ray.engines.hf import HFEngine
-
-    requests = solver_requests(test, pixels.__getitem__)
-    like: EvalResult = accuracy_table(test, choose_by_likelihood(learner, test, requests))
-    engine = HFEngine(learner.loaded.path, cfg.policy, cfg.engine, seed=cfg.run.seed)
-    engine.load_weights(learner.export_weights(), learner.version)
-    texts = {r.request_id: r.text for r in engine.generate(requests, SamplingParams(temperature=0.0, max_new_tokens=16))}
-    greedy = accuracy_table(test, [extract_answer(texts[r.request_id], s.options) or "" for r, s in zip(requests, test)])
-    return {**asdict(like), "greedy_accuracy": greedy.accuracy}
+    """Likelihood accuracy and greedy exact match, scored as the transfer protocols score them."""
+    likely, greedy = predict(learner, cfg, test, pixels.__getitem__, greedy=True)
+    return {**asdict(accuracy_table(test, likely)), "greedy_accuracy": accuracy_table(test, greedy or []).accuracy}
 
 
 def sft(learner: PolicyLearner, cfg: Config, train: list[Sample], pixels: dict[str, np.ndarray], steps: int,
@@ -111,14 +105,14 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> d
                          "run `medgr2 run` first (with at least one round) and pass its run directory")
     k = min(len(candidates) - 1, max(8, len(candidates) // 4))
     top = sorted(candidates, key=lambda s: -s.provenance.reward)[:k]
-    images = {i.image_id: i for i in prepare_data(cfg).pool.images}
+    _, test, pixels = split_data(cfg, 0)  # the run's own split (seed 0) keeps its test studies unseen
+    images = {i.image_id: i for i in load_configured_pool(cfg.data.pool, cfg.data.cache_dir).images}
     out = {"candidates": len(candidates), "k": k, "rows": [],
            # does R pick faithful samples? (modality answers checked against the image's metadata)
-           "faithful_all": faithful_rate(candidates, images), "faithful_top_k": faithful_rate(top, images)}
+           "faithful_all": answer_agreement(candidates, images), "faithful_top_k": answer_agreement(top, images)}
     for seed in seeds:
-        _, test, pixels = split_data(cfg, 0)  # the run's own split (seed 0) keeps its test studies unseen
         rnd = random.Random(seed).sample(candidates, k)
-        row = {"seed": seed, "faithful_random_k": faithful_rate(rnd, images)}
+        row = {"seed": seed, "faithful_random_k": answer_agreement(rnd, images)}
         for name, subset in (("top_k", top), ("random_k", rnd)):
             learner = new_learner(cfg, seed)
             sft(learner, cfg, subset, pixels, steps, seed)
@@ -126,17 +120,6 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> d
         out["rows"].append(row)
         print(f"selection seed {seed}: top-K {row['top_k']:.1%} vs random-K {row['random_k']:.1%}", flush=True)
     return out
-
-
-def faithful_rate(samples: list[Sample], images: dict) -> float | None:
-    """Share of modality questions among `samples` whose answer names the image's true modality."""
-    from medgr2_ray.data.vocab import modality_from_text
-    from medgr2_ray.types import TaskType
-
-    checkable = [s for s in samples if s.task_type == TaskType.MODALITY and s.image_id in images]
-    if not checkable:
-        return None
-    return float(np.mean([modality_from_text(s.answer) == images[s.image_id].modality for s in checkable]))
 
 
 def markdown(result: dict) -> str:

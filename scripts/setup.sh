@@ -16,4 +16,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 # The seed pool's optional real volumes (Debian's head CT and brain MR): downloaded once, SHA-256
 # checked; without network the pool builds without them and its card says so.
-.venv/bin/medgr2 data fetch-debian --cache-dir "${MEDGR2_CACHE:-$HOME/.cache/medgr2_ray}" || true
+.venv/bin/medgr2 data fetch-debian || true

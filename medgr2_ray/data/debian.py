@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from medgr2_ray.config import DataConfig
+
 DEBIAN_MIRROR = os.environ.get("MEDGR2_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
 
@@ -52,7 +54,7 @@ def debian_root(cache_dir: str | Path) -> Path:
     return Path(cache_dir).expanduser() / "debian"
 
 
-DEFAULT_CACHE = "~/.cache/medgr2_ray"
+DEFAULT_CACHE: str = DataConfig.model_fields["cache_dir"].default
 
 
 def debian_file(cache_dir: str | Path | None, member: str) -> Path | None:
@@ -87,12 +89,11 @@ def _ar_member(deb: bytes, prefix: str) -> tuple[str, bytes]:
 def extract_members(deb: bytes, members: tuple[str, ...], dest: Path) -> list[Path]:
     """Extract `members` (regular files only, names checked, never a path outside `dest`)."""
     name, payload = _ar_member(deb, "data.tar")
-    mode = {"data.tar.xz": "r:xz", "data.tar.gz": "r:gz", "data.tar.zst": None}.get(name, "r:*")
-    if mode is None:
+    if name.endswith(".zst"):
         raise ValueError(f"{name}: zstd-compressed .deb members are not supported by Python's tarfile")
     wanted = set(members)
     out: list[Path] = []
-    with tarfile.open(fileobj=io.BytesIO(payload), mode=mode) as tar:
+    with tarfile.open(fileobj=io.BytesIO(payload), mode="r:*") as tar:  # xz, gz or plain
         for info in tar:
             member = info.name.removeprefix("./")
             if member not in wanted or not info.isfile():

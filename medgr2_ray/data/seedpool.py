@@ -5,8 +5,8 @@ nuclear medicine; the JPEG-lossless ones decode with pylibjpeg), scikit-image's 
 photographs, immunohistochemistry, quantitative phase microscopy), nibabel's test volumes (brain MR,
 NIfTI), matplotlib's sample MR slice, and, when `medgr2 data fetch-debian` (run by scripts/setup.sh)
 has put them in the cache, two Debian packages' volumes (InVesalius' head CT, MRIcron's Colin27 brain
-MR; see data/debian.py). A missing optional source is left out and the card says so. Every DICOM goes through the same
-de-identifying ingestion as user data. Larger images contribute square crops and multi-frame files
+MR; see data/debian.py). A missing optional source is left out and the card says so. Every DICOM goes
+through the same de-identifying ingestion as user data. Larger images contribute square crops and multi-frame files
 several frames, to reach a few hundred images from a few dozen studies; crops and frames keep their
 study id, so `split_by_study` never puts two views of one study on both sides.
 

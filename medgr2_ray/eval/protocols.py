@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -165,3 +165,15 @@ def accuracy_table(samples: Sequence[Sample], predictions: Sequence[str]) -> Eva
         by_modality=by(lambda s: s.modality.value), by_task=by(lambda s: s.task_type.value),
         blind_bound=blind_bound(samples),
     )
+
+
+def answer_agreement(samples: Sequence[Sample], images: Mapping[str, MedImage]) -> float | None:
+    """Fraction of the modality questions among `samples` whose answer names the image's true modality
+    (from metadata): an independent check of how faithful generated or selected data is. None when
+    there is no such question."""
+    from medgr2_ray.data.vocab import modality_from_text
+
+    checkable = [s for s in samples if s.task_type == TaskType.MODALITY and s.image_id in images]
+    if not checkable:
+        return None
+    return float(np.mean([modality_from_text(s.answer) == images[s.image_id].modality for s in checkable]))

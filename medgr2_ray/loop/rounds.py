@@ -37,6 +37,7 @@ from medgr2_ray.algo.selection import select_samples
 from medgr2_ray.checkpoint import commit_directory, load_json, staging_directory
 from medgr2_ray.config import Config
 from medgr2_ray.data.store import write_samples
+from medgr2_ray.eval.protocols import answer_agreement
 from medgr2_ray.loop.stages import (generator_requests, generator_sft_examples, parse_candidates, reward_examples,
                                     reward_request)
 from medgr2_ray.loop.round_state import (KEEP_CHECKPOINTS, IncompatibleRunError, RoundRecord, completed_data,
@@ -165,7 +166,7 @@ class CoEvolution:
             "failure_reasons": parsed.failure_counts(),
             "reward_mean": float(np.mean(rewards)) if rewards else None,
             "kept_reward_mean": float(np.mean(kept_rewards)) if kept_rewards else None,
-            "kept_answer_correct": _answer_agreement(selection.kept, self.images),
+            "kept_answer_correct": answer_agreement(selection.kept, self.images),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         self.state.summaries.append(summary)
@@ -224,13 +225,3 @@ def _fresh_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
 
-
-def _answer_agreement(samples: Sequence[Sample], images: dict[str, MedImage]) -> float | None:
-    """Fraction of kept modality questions whose answer names the image's true modality (from metadata):
-    an independent check of how faithful the kept data is."""
-    from medgr2_ray.data.vocab import modality_from_text
-
-    checkable = [s for s in samples if s.task_type == TaskType.MODALITY]
-    if not checkable:
-        return None
-    return float(np.mean([modality_from_text(s.answer) == images[s.image_id].modality for s in checkable]))
