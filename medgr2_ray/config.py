@@ -290,6 +290,15 @@ class CycleConfig(_Section):
     """Reward-model steps per round on graded kept samples plus the policy's own samples."""
     rm_retrain: bool = True
     """Refresh the reward model every round (False: the 'no RM retraining' ablation)."""
+    rm_verifier: bool = True
+    """R's score also reads R's own answer to the sample: + w * p(stated answer | image, question), with p
+    from R's option likelihood (a generative verifier). A scalar head alone did not learn whether an
+    answer fits the image here (benchmarks/README.md); False is the paper's plain scalar head."""
+    rm_answer_loss: float = Field(1.0, ge=0.0)
+    """Weight of the verifier's answer term: -log p of answers that fit their image, -log(1-p) of perturbed."""
+    rm_answer_steps: int = Field(400, ge=0)
+    """Round-0 steps in which a verifier R learns to answer the seed questions before it learns to grade
+    (the paper's R starts from a VLM that already can; a tiny one built here starts from nothing)."""
     batch_size: int = Field(8, ge=1)
     """Examples per generator / reward-model step."""
 

@@ -236,3 +236,14 @@ class RewardExample:
     request: GenerationRequest
     target: float
     kind: str  # "faithful" | "perturbed" | "incoherent" | "irrelevant" | "policy"
+
+
+@dataclass(frozen=True)
+class RewardObjective:
+    """What R trains for beyond the regression: a verifier head (new heads only; a saved head keeps
+    its kind) starting at score = low + (high - low) * p(answer), and the weight of its answer term."""
+
+    verifier: bool = False
+    answer_loss: float = 0.0
+    low: float = -6.0
+    high: float = 10.0

@@ -17,18 +17,18 @@ from medgr2_ray.actors.info import ActorInfo, actor_info, limit_threads
 from medgr2_ray.config import LearnerConfig, ModelConfig
 from medgr2_ray.metrics import Metrics
 from medgr2_ray.sync.weights import publish_weights
-from medgr2_ray.types import GenerationRequest, RewardExample, WeightVersion
+from medgr2_ray.types import GenerationRequest, RewardExample, RewardObjective, WeightVersion
 
 
 class RewardLearnerActor:
     """Trains R (see the module docstring)."""
 
     def __init__(self, model_dir: str, model_cfg: ModelConfig, learner_cfg: LearnerConfig, seed: int,
-                 torch_threads: int = 1) -> None:
+                 torch_threads: int = 1, objective: RewardObjective | None = None) -> None:
         from medgr2_ray.learner.reward import RewardLearner  # heavy: only inside the actor process
 
         limit_threads(torch_threads)
-        self.learner = RewardLearner(model_dir, model_cfg, learner_cfg, seed)
+        self.learner = RewardLearner(model_dir, model_cfg, learner_cfg, seed, objective=objective)
         self.metrics = Metrics()
 
     def ready(self) -> ActorInfo:
@@ -38,6 +38,10 @@ class RewardLearnerActor:
     def train(self, batches: Sequence[Sequence[RewardExample]]) -> list[dict[str, float]]:
         """One `rm_step` per batch, in order; the per-step metrics."""
         return [self.learner.rm_step(list(batch)) for batch in batches]
+
+    def answer(self, batches: Sequence[Sequence[RewardExample]]) -> list[dict[str, float]]:
+        """One `answer_step` per batch (a verifier learning to answer), in order; the per-step metrics."""
+        return [self.learner.answer_step(list(batch)) for batch in batches]
 
     def eval_loss(self, examples: Sequence[RewardExample]) -> dict[str, float]:
         """Held-out MSE, no update."""

@@ -33,7 +33,8 @@ def reward_model_request(request: GenerationRequest, rollout: Rollout) -> Genera
         return None
     answer = extract_answer(rollout.text, request.sample.options) or rollout.text.strip()
     sample = replace(request.sample, answer=answer)
-    return GenerationRequest(f"rm:{rollout.request_id}:{rollout.index}", reward_prompt(sample), request.images)
+    return GenerationRequest(f"rm:{rollout.request_id}:{rollout.index}", reward_prompt(sample), request.images,
+                             sample=sample)
 
 
 def group_rollouts(requests: Sequence[GenerationRequest], rollouts: Sequence[Rollout]) -> list[tuple[Rollout, ...]]:

@@ -29,7 +29,7 @@ import torch
 from medgr2_ray.algo.advantages import filter_informative_groups, group_advantages
 from medgr2_ray.algo.losses import PolicyLossInputs, grpo_loss, loss_normalizer, sft_loss
 from medgr2_ray.config import GRPOConfig, LearnerConfig, ModelConfig
-from medgr2_ray.learner.logprobs import completion_logprobs, forward_tail
+from medgr2_ray.models.logprobs import completion_logprobs, forward_tail
 from medgr2_ray.learner.microbatch import global_sum, reduce_metrics, split_micro_batches, synced_micro_batch_count
 from medgr2_ray.learner.trainer import Trainer, inputs_to
 from medgr2_ray.models.loading import LoadedVLM, apply_lora, load_vlm

@@ -6,6 +6,10 @@ each round with the policy's own samples. This learner runs that regression with
 micro-batching, strategies, export and checkpoints as the policy learner; LoRA (when configured) goes
 on the backbone, the head always trains in full.
 
+A verifier head (`RewardObjective.verifier`) adds R's own belief in the stated answer to the score
+(`models/verifier.py`); the regression only calibrates its weight, and the answer term (weight
+`answer_loss`) trains the belief: -log p of answers that fit their image, -log(1 - p) of perturbed ones.
+
 A directory that already holds a reward head continues from it; a plain VLM directory gets a new,
 seeded head. Requests that cannot be encoded (bad image arrays, placeholder tokens in text) and
 non-finite targets are dropped and counted in the step's metrics, never silently.
@@ -26,11 +30,17 @@ from medgr2_ray.learner.microbatch import global_sum, reduce_metrics, split_micr
 from medgr2_ray.learner.trainer import Trainer, inputs_to, merged_lora_state
 from medgr2_ray.models.loading import apply_lora
 from medgr2_ray.models.processing import check_request, encode_prompts
-from medgr2_ray.models.reward_head import HEAD_FILE, RewardModel
+from medgr2_ray.models.reward_head import HEAD_FILE, RewardModel, RewardOutput, VerifierInit
+from medgr2_ray.models.verifier import encode_verdicts
 from medgr2_ray.sync.flat import pack_tensors
-from medgr2_ray.types import FlatWeights, GenerationRequest, RewardExample
+from medgr2_ray.types import FlatWeights, GenerationRequest, RewardExample, RewardObjective
 
-REWARD_COUNTS = ("examples_in", "examples_dropped_bad_request", "examples_dropped_bad_target", "examples_trained")
+REWARD_COUNTS = ("examples_in", "examples_dropped_bad_request", "examples_dropped_bad_target",
+                 "examples_dropped_no_sample", "examples_trained")
+ANSWER_RIGHT = frozenset({"faithful", "incoherent"})  # graded kinds whose stated answer fits their image
+ANSWER_WRONG = frozenset({"perturbed"})  # ... and whose stated answer does not
+VERDICT_SUMS = ("answer_nll_sum", "verdict_count", "right_count", "right_prob_sum", "wrong_count", "wrong_prob_sum")
+
 
 
 class RewardLearner(Trainer):
@@ -38,21 +48,32 @@ class RewardLearner(Trainer):
 
     def __init__(
         self, model_dir: str | Path, model_cfg: ModelConfig, learner_cfg: LearnerConfig, seed: int,
-        rank: int = 0, world_size: int = 1, local_rank: int | None = None,
+        rank: int = 0, world_size: int = 1, local_rank: int | None = None, objective: RewardObjective | None = None,
     ) -> None:
         torch.manual_seed(seed)  # identical head and LoRA initialisation on every rank
+        self.objective = objective or RewardObjective()
         if (Path(model_dir) / HEAD_FILE).is_file():
             reward_model = RewardModel.from_pretrained(model_dir, model_cfg.dtype, model_cfg.trust_remote_code)
         else:
-            reward_model = RewardModel.from_backbone(model_dir, model_cfg.dtype, model_cfg.trust_remote_code, seed=seed)
+            init = VerifierInit(self.objective.low, self.objective.high) if self.objective.verifier else None
+            reward_model = RewardModel.from_backbone(model_dir, model_cfg.dtype, model_cfg.trust_remote_code, seed=seed,
+                                                     verifier=init)
         if model_cfg.lora.enabled:
             reward_model.backbone = apply_lora(reward_model.backbone, model_cfg.lora)
         self.reward_model = reward_model
         super().__init__(reward_model, learner_cfg, seed, rank, world_size, local_rank)
         self.lora = model_cfg.lora.enabled
+        self.eos_id = int(reward_model.loaded.tokenizer.eos_token_id)
 
-    def _encode(self, requests: Sequence[GenerationRequest]):  # noqa: ANN202
-        return inputs_to(encode_prompts(self.reward_model.loaded, requests, padding_side="left"), self.device)
+    def _forward(self, model: torch.nn.Module, requests: Sequence[GenerationRequest], regress: bool = True
+                 ) -> RewardOutput:
+        """R on a micro-batch: the rendered samples and, for a verifier, their stated answers
+        (`regress=False`: the answers only)."""
+        inputs = inputs_to(encode_prompts(self.reward_model.loaded, requests, padding_side="left"), self.device)
+        if not self.reward_model.is_verifier:
+            return model(inputs)
+        verdict = encode_verdicts(self.reward_model.loaded, requests, self.eos_id)
+        return model(inputs, None if verdict is None else verdict.to(self.device), verdict_only=not regress)
 
     def _usable(self, examples: Sequence[RewardExample], counts: Counter[str]) -> list[RewardExample]:
         """Examples that can be trained on; the rest are counted by reason."""
@@ -60,14 +81,17 @@ class RewardLearner(Trainer):
         for example in examples:
             if check_request(example.request) is not None:
                 counts["examples_dropped_bad_request"] += 1
+            elif self.reward_model.is_verifier and example.request.sample is None:
+                counts["examples_dropped_no_sample"] += 1  # a verifier must know the question it answers
             elif not math.isfinite(float(example.target)):
                 counts["examples_dropped_bad_target"] += 1
             else:
                 kept.append(example)
         return kept
 
-    def _pass(self, examples: Sequence[RewardExample], train: bool) -> dict[str, float]:
-        """Regression loss (and, when training, accumulated gradients) over micro-batches and ranks."""
+    def _pass(self, examples: Sequence[RewardExample], train: bool, regress: bool = True) -> dict[str, float]:
+        """Regression loss plus a verifier's answer term (`regress=False`: the answer term alone), and,
+        when training, accumulated gradients, over micro-batches and ranks."""
         counts: Counter[str] = Counter(examples_in=len(examples))
         kept = self._usable(examples, counts)
         counts["examples_trained"] = len(kept)
@@ -82,20 +106,63 @@ class RewardLearner(Trainer):
             batch, weight = (micro[i], 1.0) if i < len(micro) else (micro[0] if micro else None, 0.0)
             if batch is None:  # this rank has nothing at all: pad with a neutral text-only example
                 batch = [RewardExample(GenerationRequest("__padding__", "padding"), 0.0, "padding")]
-            pred = model(self._encode([e.request for e in batch]))
-            target = torch.tensor([float(e.target) for e in batch], device=pred.device)
-            loss, metrics = reward_regression_loss(pred, target, stats["examples_trained"])
-            if train:
-                self.strategy.backward(loss * weight)
+            out = self._forward(model, [e.request for e in batch], regress)
+            target = torch.tensor([float(e.target) for e in batch], device=out.score.device)
+            loss, metrics = reward_regression_loss(out.score, target, stats["examples_trained"])
             # Per-micro-batch correlation does not aggregate (and may be absent): keep additive metrics.
-            parts.append({k: metrics[k] for k in ("loss", "mse", "mae", "pred_mean", "target_mean")})
+            metrics = {k: metrics[k] for k in ("loss", "mse", "mae", "pred_mean", "target_mean")} if regress else {}
+            loss = loss if regress else loss.detach() * 0.0
+            if out.verdict is not None:
+                answer, answer_metrics = self._answer_term(out, batch, stats["examples_trained"])
+                loss = loss + answer
+                metrics = {**metrics, **answer_metrics, "loss": float(loss.detach())}
+            if train and loss.requires_grad:  # (not for a padding batch without any answer to weigh)
+                self.strategy.backward(loss * weight)
+            parts.append(metrics)
             weights.append(len(batch) * weight)
-        return {**reduce_metrics(parts, weights, summed=("loss",)), **stats, "skipped": 0.0}
+        summed = ("loss", *VERDICT_SUMS)
+        reduced = reduce_metrics(parts, weights, summed=summed)
+        if "verdict_count" in reduced:  # a verifier: mean NLL, mean p(answer) where right and where wrong
+            sums = {k: reduced.pop(k) for k in VERDICT_SUMS}
+            reduced["answer_nll"] = sums["answer_nll_sum"] / max(sums["verdict_count"], 1.0)
+            reduced["p_right"] = sums["right_prob_sum"] / max(sums["right_count"], 1.0)
+            reduced["p_wrong"] = sums["wrong_prob_sum"] / max(sums["wrong_count"], 1.0)
+        return {**reduced, **stats, "skipped": 0.0}
+
+    def _answer_term(self, out: RewardOutput, batch: Sequence[RewardExample], normalizer: float
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Verification loss of the verdict: -log p where the stated answer is right for the image (faithful,
+        incoherent: only the question's words are scrambled), -log(1 - p) where it is wrong (perturbed).
+        Irrelevant examples carry another image, whose answer may or may not be the same: no term."""
+        assert out.verdict is not None
+        device = out.score.device
+        right = torch.tensor([e.kind in ANSWER_RIGHT for e in batch], device=device) & out.verdict.has
+        wrong = torch.tensor([e.kind in ANSWER_WRONG for e in batch], device=device) & out.verdict.has
+        logp = out.verdict.logprob
+        not_p = torch.log1p(-logp.exp().clamp(max=1.0 - 1e-6))
+        nll = -(logp * right).sum() - (not_p * wrong).sum()
+        prob = out.verdict.prob.detach()
+        # sums, reduced over micro-batches and ranks, then turned into means by `_pass`
+        metrics = {"answer_nll_sum": float(nll.detach()), "verdict_count": float(right.sum() + wrong.sum()),
+                   "right_count": float(right.sum()), "right_prob_sum": float(prob[right].sum()),
+                   "wrong_count": float(wrong.sum()), "wrong_prob_sum": float(prob[wrong].sum())}
+        return self.objective.answer_loss * nll / normalizer, metrics
 
     def rm_step(self, examples: Sequence[RewardExample]) -> dict[str, float]:
         """One optimizer step of mean squared error on these graded examples."""
         self.model.train()
         metrics = self._pass(examples, train=True)
+        if metrics["skipped"]:
+            return {**metrics, "version": float(self.version)}
+        return {**metrics, **self._apply_step()}
+
+    def answer_step(self, examples: Sequence[RewardExample]) -> dict[str, float]:
+        """One optimizer step of the verifier's answer term alone: an untrained R learns to answer
+        (round 0, before grading; in the paper R starts from a VLM that already can)."""
+        if not self.reward_model.is_verifier:
+            raise ValueError("answer_step needs a verifier head (cycle.rm_verifier) to train")
+        self.model.train()
+        metrics = self._pass(examples, train=True, regress=False)
         if metrics["skipped"]:
             return {**metrics, "version": float(self.version)}
         return {**metrics, **self._apply_step()}
@@ -106,12 +173,14 @@ class RewardLearner(Trainer):
             return self._pass(examples, train=False)
 
     def score(self, requests: Sequence[GenerationRequest]) -> list[float]:
-        """R's score for each request (NaN for a request that cannot be encoded, so positions line up)."""
+        """R's score for each request (NaN for a request that cannot be encoded, or that a verifier cannot
+        answer because it carries no sample, so positions line up)."""
         out = [math.nan] * len(requests)
-        good = [i for i, r in enumerate(requests) if check_request(r) is None]
+        good = [i for i, r in enumerate(requests) if check_request(r) is None
+                and (r.sample is not None or not self.reward_model.is_verifier)]
         with self.evaluating():
             for batch in split_micro_batches(good, self.cfg.micro_batch_size):
-                scores = self.reward_model.score(self._encode([requests[i] for i in batch]))
+                scores = self._forward(self.model, [requests[i] for i in batch]).score
                 for i, value in zip(batch, scores.float().cpu().tolist()):
                     out[i] = float(value)
         return out

@@ -43,9 +43,20 @@ from medgr2_ray.loop.stages import (generator_requests, generator_sft_examples, 
 from medgr2_ray.loop.round_state import (KEEP_CHECKPOINTS, IncompatibleRunError, RoundRecord, completed_data,
                                          prune_checkpoints, round_checkpoint, round_dir, write_done)
 from medgr2_ray.metrics import RunLog
-from medgr2_ray.types import MedImage, PromptStrategy, Rollout, Sample, SamplingParams, TaskType, WeightVersion
+from medgr2_ray.types import (MedImage, PromptStrategy, RewardExample, RewardObjective, Rollout, Sample, SamplingParams,
+                              TaskType, WeightVersion)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+RM_LOGGED = ("loss", "mse", "answer_nll", "p_right", "p_wrong")  # R's step metrics in metrics.jsonl
+
+
+@dataclass(frozen=True)
+class PendingTraining:
+    """R's training queued in its actor: the refs of its calls, in order, and how many steps they hold."""
+
+    stage: str
+    refs: list[Any]
+    steps: int
 
 
 @dataclass
@@ -75,7 +86,7 @@ class CoEvolution:
         self.g_pool.scale_to(cfg.generator_pool.min_workers)
         self.r_learner = ray.remote(RewardLearnerActor).options(
             name="RewardLearner", num_cpus=cfg.learner.num_cpus_per_rank, num_gpus=cfg.learner.num_gpus_per_rank,
-        ).remote(str(reward_dir), cfg.reward_model, cfg.learner, seed, threads)
+        ).remote(str(reward_dir), cfg.reward_model, cfg.learner, seed, threads, reward_objective(cfg))
         self.state = RoundState()
 
     # ------------------------------------------------------------ training helpers
@@ -93,24 +104,48 @@ class CoEvolution:
             self.progress(stage, i + 1, steps)
         self.state.generator_version += steps
 
-    def train_reward_model(self, samples: Sequence[Sample], steps: int, stage: str) -> None:
-        """Regress R onto graded data built from `samples` (faithful / perturbed / incoherent / irrelevant)."""
+    def start_reward_model(self, samples: Sequence[Sample], steps: int, stage: str, answer_steps: int = 0
+                           ) -> PendingTraining:
+        """Queue R's training on `samples` in its actor and return at once (G trains meanwhile):
+        `answer_steps` steps of the verifier's answer term on the samples as written (R learns to answer),
+        then `steps` of regression onto graded data built from them (faithful / perturbed / incoherent /
+        irrelevant). `finish_reward_model` waits, logs and reports progress."""
         graded = build_graded_samples(samples, self.cfg.graded, self.cfg.run.seed + self.state.rm_version)
-        batches = self._batches(reward_examples(graded, self.lookup), steps, stage)
-        chunk = max(1, steps // 10)  # a few actor calls, not one per step: progress without chatter
-        for start in range(0, len(batches), chunk):
-            for j, m in enumerate(ray.get(self.r_learner.train.remote(batches[start:start + chunk]))):
-                self.log.log(self.state.rm_version + start + j, {"loss": m.get("loss", float("nan"))}, "reward_model")
-            self.progress(stage, min(start + chunk, steps), steps)
-        self.state.rm_version += steps
+        answers = [RewardExample(reward_request(s, self.lookup), self.cfg.graded.faithful, "faithful") for s in samples]
+        plan = [("answer", b) for b in self._batches(answers, answer_steps, f"{stage}|answer")]
+        plan += [("grade", b) for b in self._batches(reward_examples(graded, self.lookup), steps, stage)]
+        chunk = max(1, len(plan) // 10)  # a few actor calls, not one per step: progress without chatter
+        refs = []
+        for start in range(0, len(plan), chunk):
+            part = plan[start:start + chunk]
+            answer = [b for kind, b in part if kind == "answer"]
+            grade = [b for kind, b in part if kind == "grade"]
+            if answer:
+                refs.append(self.r_learner.answer.remote(answer))
+            if grade:
+                refs.append(self.r_learner.train.remote(grade))
+        return PendingTraining(stage, refs, len(plan))
+
+    def finish_reward_model(self, pending: PendingTraining) -> None:
+        """Wait for R's queued training, logging every step's metrics in order."""
+        done = 0
+        for ref in pending.refs:
+            for m in ray.get(ref):
+                self.log.log(self.state.rm_version + done, {k: m[k] for k in RM_LOGGED if k in m}, "reward_model")
+                done += 1
+            self.progress(pending.stage, done, pending.steps)
+        self.state.rm_version += pending.steps
 
     # ------------------------------------------------------------ round 0
     def bootstrap(self, seeds: Sequence[Sample]) -> None:
         """Round 0: G learns to write samples from the template seeds, R learns the graded scale."""
         _fresh_dir(round_dir(self.run_dir, 0))
         write_samples(round_dir(self.run_dir, 0) / "seeds.jsonl", list(seeds))
-        self.train_generator(seeds, self.cfg.cycle.generator_bootstrap_steps, "round 0: generator SFT")
-        self.train_reward_model(seeds, self.cfg.cycle.rm_bootstrap_steps, "round 0: reward model")
+        cycle = self.cfg.cycle
+        pending = self.start_reward_model(seeds, cycle.rm_bootstrap_steps, "round 0: reward model",
+                                          cycle.rm_answer_steps if cycle.rm_verifier else 0)
+        self.train_generator(seeds, cycle.generator_bootstrap_steps, "round 0: generator SFT")
+        self.finish_reward_model(pending)
 
     # ------------------------------------------------------------ one round
     def _generate(self, requests: list, sampling: SamplingParams, weights: WeightVersion) -> list[Rollout]:
@@ -146,10 +181,13 @@ class CoEvolution:
         decided = [s.with_provenance(selected=s.sample_id in kept_ids) for s in scored]
         self._record(k, rollouts, parsed, decided, selection)
         self.state.kept.extend(selection.kept)
-        if self.cfg.cycle.rm_retrain and selection.kept:
-            self.train_reward_model(selection.kept, cfg.rm_refresh_steps, f"round {k}: reward model")
+        pending = None
+        if self.cfg.cycle.rm_retrain and selection.kept:  # R refreshes in its actor while G fine-tunes
+            pending = self.start_reward_model(selection.kept, cfg.rm_refresh_steps, f"round {k}: reward model")
         if selection.kept:
             self.train_generator(selection.kept, cfg.generator_rft_steps, f"round {k}: generator RFT")
+        if pending is not None:
+            self.finish_reward_model(pending)
 
     def _record(self, k: int, rollouts: list[Rollout], parsed: Any, decided: list[Sample], selection: Any) -> None:
         out = round_dir(self.run_dir, k)
@@ -218,6 +256,13 @@ class CoEvolution:
         self.g_pool.shutdown()
         self.g_learner.shutdown()
         ray.kill(self.r_learner)
+
+
+def reward_objective(cfg: Config) -> RewardObjective:
+    """R's objective from the config: a verifier head starts spanning the graded targets."""
+    targets = (cfg.graded.faithful, cfg.graded.perturbed, cfg.graded.incoherent, cfg.graded.irrelevant)
+    return RewardObjective(verifier=cfg.cycle.rm_verifier, answer_loss=cfg.cycle.rm_answer_loss,
+                           low=min(targets), high=max(targets))
 
 
 def _fresh_dir(path: Path) -> None:

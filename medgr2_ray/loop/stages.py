@@ -96,8 +96,9 @@ def parse_candidates(rollouts: Sequence[Rollout], meta: Mapping[str, CandidateMe
 
 
 def reward_request(sample: Sample, lookup: ImageLookup) -> GenerationRequest:
-    """What the reward model reads: the sample's image and the rendered sample."""
-    return GenerationRequest(f"rm:{sample.sample_id}", reward_prompt(sample), (lookup(sample.image_id),))
+    """What the reward model reads: the sample's image and the rendered sample (the sample itself rides
+    along: a verifier head answers its question)."""
+    return GenerationRequest(f"rm:{sample.sample_id}", reward_prompt(sample), (lookup(sample.image_id),), sample=sample)
 
 
 def reward_examples(graded: Sequence[GradedSample], lookup: ImageLookup) -> list[RewardExample]:

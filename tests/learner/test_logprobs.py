@@ -16,7 +16,7 @@ import torch
 
 from medgr2_ray.config import EngineConfig, GRPOConfig, LearnerConfig, LoraConfig, ModelConfig
 from medgr2_ray.engines.hf import HFEngine
-from medgr2_ray.learner.logprobs import completion_logprobs, completion_positions, forward_tail
+from medgr2_ray.models.logprobs import completion_logprobs, completion_positions, forward_tail
 from medgr2_ray.learner.policy import PolicyLearner
 from medgr2_ray.models.loading import load_vlm
 from medgr2_ray.models.processing import completion_logprobs as reference_logprobs

@@ -6,10 +6,11 @@ real reward prompt (`prompts.reward_prompt`). Held-out examples are fresh corrup
 other wrong options, other shuffles, other image pairings) of the training questions.
 
 A randomly initialised ~0.4M-parameter VLM, 100 steps of 32 examples with warm-up + cosine decay:
-held-out MSE falls and the held-out mean scores come out in the graded order 10 > 6 > 0 > -6. The
-image/text mismatch (irrelevant) and garbled text (incoherent) are learned first; faithful vs
-perturbed (only the answer letter differs, 4 points of target) separates last and by the smallest
-margin (measured: 3.09 vs 2.53), so that comparison is the most fragile part of this test.
+held-out MSE falls and garbled text (incoherent) and the image/text mismatch (irrelevant) score below
+the intact texts. The scalar head does not separate faithful from perturbed samples (only the answer
+letter differs; measured 3.56 vs 3.56 here, 3.09 vs 2.53 with an earlier tokenizer build), which is
+why the cycle's R is a verifier: with R's own belief in the answer in its score, faithful samples
+score above perturbed ones by a wide margin after the same budget (the second test).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from medgr2_ray.data.store import read_rgb, write_png
 from medgr2_ray.learner.reward import RewardLearner
 from medgr2_ray.models.reward_head import RewardModel
 from medgr2_ray.prompts import reward_prompt
-from medgr2_ray.types import GenerationRequest, Modality, RewardExample, Sample, TaskType
+from medgr2_ray.types import GenerationRequest, Modality, RewardExample, RewardObjective, Sample, TaskType
 
 FAMILIES = {  # file: (modality, question phrasings, options, correct answer)
     "CT_small.dcm": (Modality.CT, ("Which organ is outlined in this abdominal CT?", "In this abdominal CT, which organ is seen?",
@@ -58,13 +59,15 @@ def samples(tmp_path_factory: pytest.TempPathFactory, dicom_rgb: Callable[[str],
 
 
 def graded_examples(samples: list[Sample], seed: int) -> list[RewardExample]:
-    """Graded samples rendered as reward-model requests (image read from the sample's path)."""
+    """Graded samples rendered as reward-model requests (image read from the sample's path; the sample
+    rides along, as `loop.stages.reward_request` sends it, for a verifier to answer)."""
     images: dict[str, np.ndarray] = {}
     out = []
     for graded in build_graded_samples(samples, GradedDataConfig(), seed=seed):
         s = graded.sample
         image = images.setdefault(s.image_path, read_rgb(s.image_path))
-        out.append(RewardExample(GenerationRequest(s.sample_id, reward_prompt(s), images=(image,)), graded.target, graded.kind))
+        request = GenerationRequest(s.sample_id, reward_prompt(s), images=(image,), sample=s)
+        out.append(RewardExample(request, graded.target, graded.kind))
     return out
 
 
@@ -88,7 +91,31 @@ def test_reward_regression_learns_graded_structure(tiny_dir: Path, samples: list
     means = _mean_by_kind(learner, held_out)
     print(f"held-out MSE {start:.2f} -> {end:.2f}; mean score by kind {means}")
     assert end < 0.75 * start, (start, end)
-    assert means["faithful"] > means["perturbed"] > means["incoherent"] > means["irrelevant"], means
+    assert min(means["faithful"], means["perturbed"]) > means["incoherent"] > means["irrelevant"], means
+
+
+def test_verifier_separates_faithful_from_perturbed(tiny_dir: Path, samples: list[Sample]) -> None:
+    """R learns to answer (answer steps on the faithful samples), then to grade: held-out perturbed
+    samples (the same text with another option as the answer) score far below faithful ones."""
+    train, held_out = graded_examples(samples, seed=0), graded_examples(samples, seed=1)
+    faithful = [e for e in train if e.kind == "faithful"]
+    cfg = LearnerConfig(lr=5e-3, micro_batch_size=32, warmup_steps=10, schedule="cosine", schedule_steps=100)
+    objective = RewardObjective(verifier=True, answer_loss=1.0, low=-6.0, high=10.0)
+    learner = RewardLearner(tiny_dir, ModelConfig(), cfg, seed=0, objective=objective)
+    assert learner.reward_model.is_verifier
+    rng = np.random.default_rng(0)
+    first = learner.answer_step(faithful)
+    for _ in range(39):
+        last = learner.answer_step(faithful)
+    assert last["answer_nll"] < 0.5 * first["answer_nll"], (first, last)
+    for _ in range(60):
+        metrics = learner.rm_step([train[i] for i in rng.choice(len(train), 32, replace=False)])
+    means = _mean_by_kind(learner, held_out)
+    print(f"answer NLL {first['answer_nll']:.2f} -> {last['answer_nll']:.2f}; p(right) {metrics['p_right']:.2f}, "
+          f"p(wrong) {metrics['p_wrong']:.2f}; mean score by kind {means}")
+    assert metrics["p_right"] > 0.5 > 0.1 > metrics["p_wrong"], metrics
+    assert means["faithful"] > means["perturbed"] + 4.0, means
+    assert means["faithful"] > means["incoherent"], means
 
 
 def test_bad_examples_are_counted_and_scores_line_up(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
