@@ -38,7 +38,7 @@ from medgr2_ray.loop.solver_sft import balanced_weights, batch_indices  # noqa: 
 from medgr2_ray.loop.transfer import predict  # noqa: E402
 from medgr2_ray.loop.stages import solver_sft_examples  # noqa: E402
 from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
-from medgr2_ray.types import Sample  # noqa: E402
+from medgr2_ray.types import Sample, TaskType  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -98,8 +98,11 @@ def measure_learns(cfg: Config, seeds: list[int], steps: int) -> dict:
 
 def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> dict:
     """Reward-top-K vs random-K of one run's generated candidates (modality questions), same K and seeds."""
+    # Modality questions only: the held-out test asks for the modality, so an anatomy question in one
+    # subset and not in the other would change what is measured, not how well R selects.
     candidates = [s for p in sorted((run / "data").glob("round_*/samples.jsonl")) for s in read_samples(p)
-                  if s.provenance.reward is not None and np.isfinite(s.provenance.reward)]
+                  if s.provenance.reward is not None and np.isfinite(s.provenance.reward)
+                  and s.task_type == TaskType.MODALITY]
     if len(candidates) < 2:
         raise SystemExit(f"{run}: {len(candidates)} scored candidates under data/round_*/samples.jsonl; "
                          "run `medgr2 run` first (with at least one round) and pass its run directory")
@@ -109,7 +112,8 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> d
     images = {i.image_id: i for i in load_configured_pool(cfg.data.pool, cfg.data.cache_dir).images}
     out = {"candidates": len(candidates), "k": k, "rows": [],
            # does R pick faithful samples? (modality answers checked against the image's metadata)
-           "faithful_all": answer_agreement(candidates, images), "faithful_top_k": answer_agreement(top, images)}
+           "faithful_all": answer_agreement(candidates, images), "faithful_top_k": answer_agreement(top, images),
+           "auroc": reward_auroc(candidates, images)}
     for seed in seeds:
         rnd = random.Random(seed).sample(candidates, k)
         row = {"seed": seed, "faithful_random_k": answer_agreement(rnd, images)}
@@ -120,6 +124,18 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> d
         out["rows"].append(row)
         print(f"selection seed {seed}: top-K {row['top_k']:.1%} vs random-K {row['random_k']:.1%}", flush=True)
     return out
+
+
+def reward_auroc(candidates: list[Sample], images: dict) -> float | None:
+    """P(a faithful candidate's reward > an unfaithful one's), ties half: how well R ranks by faithfulness."""
+    from medgr2_ray.data.vocab import modality_from_text
+
+    faithful = np.array([modality_from_text(s.answer) == images[s.image_id].modality for s in candidates])
+    rewards = np.array([float(s.provenance.reward) for s in candidates])
+    pos, neg = rewards[faithful], rewards[~faithful]
+    if not len(pos) or not len(neg):
+        return None
+    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
 
 
 def markdown(result: dict) -> str:
@@ -143,7 +159,8 @@ def markdown(result: dict) -> str:
         pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
         lines += ["", f"Selection: {selection['candidates']} scored candidates of one run, K = {selection['k']}. "
                       f"Faithful modality answers: all candidates {pct(selection.get('faithful_all'))}, "
-                      f"reward-top-K {pct(selection.get('faithful_top_k'))}.", "",
+                      f"reward-top-K {pct(selection.get('faithful_top_k'))}; AUROC of R's reward for faithfulness "
+                      f"{selection['auroc'] if selection.get('auroc') is None else round(selection['auroc'], 3)}.", "",
                   "| seed | SFT on reward-top-K | SFT on random K | faithful in random K |", "|---|---|---|---|"]
         lines += [f"| {r['seed']} | {r['top_k']:.1%} | {r['random_k']:.1%} | {pct(r.get('faithful_random_k'))} |"
                   for r in selection["rows"]]
