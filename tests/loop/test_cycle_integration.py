@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 SHORT = [
     "cycle.rounds=1", "cycle.images_per_round=3", "cycle.strategies=[direct]", "cycle.samples_per_prompt=2",
-    "cycle.max_new_tokens=48", "cycle.generator_bootstrap_steps=3", "cycle.rm_bootstrap_steps=3",
+    "cycle.max_new_tokens=48", "cycle.generator_bootstrap_steps=3", "cycle.rm_bootstrap_steps=3", "cycle.rm_answer_steps=2",
     "cycle.rm_refresh_steps=2", "cycle.generator_rft_steps=2", "cycle.batch_size=4",
     "solver.sft_steps=2", "solver.sft_batch_size=4", "solver.eval_per_modality=2",
     "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.group_size=2", "grpo.max_new_tokens=8",

@@ -34,7 +34,7 @@ torch.set_num_threads(1)
 ROUNDS = [
     "cycle.tasks=[Modality Recognition]", "cycle.strategies=[direct]", "cycle.images_per_round=4",
     "cycle.samples_per_prompt=2", "cycle.temperature=0.3", "cycle.max_new_tokens=120", "cycle.batch_size=8",
-    "cycle.generator_bootstrap_steps=100", "cycle.rm_bootstrap_steps=3", "cycle.generator_rft_steps=1",
+    "cycle.generator_bootstrap_steps=100", "cycle.rm_bootstrap_steps=3", "cycle.rm_answer_steps=3", "cycle.generator_rft_steps=1",
     "cycle.rm_refresh_steps=2", "learner.lr=5e-3",
 ]
 
