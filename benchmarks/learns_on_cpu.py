@@ -6,7 +6,8 @@ study, never by slice), 4 options whose distractors are the test set's own modal
               accuracy by length-normalised option likelihood, strict greedy exact match beside it, and
               the image-blind bound (the best fixed option ordering, computed exactly).
 2. selection: with a finished run's generated candidates (`--run runs/<name>`, scored by its reward
-              model), SFT on the reward-top-K vs a random K of the same candidates, same seeds.
+              model), SFT on the reward-top-K (the cycle's balanced selection) vs a random K of the same
+              candidates, same seeds.
 3. grpo:      GRPO after SFT vs an equal-time SFT control (`--grpo-seconds`).
 Runs in one process per measurement (no Ray: this measures learning, not orchestration). Writes
 `benchmarks/results/learns_on_cpu.{json,md}`.
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 from medgr2_ray.config import Config, load_config  # noqa: E402
+from medgr2_ray.algo.selection import select_samples  # noqa: E402
 from medgr2_ray.data.store import read_samples  # noqa: E402
 from medgr2_ray.data.seedpool import load_configured_pool  # noqa: E402
 from medgr2_ray.eval.protocols import accuracy_table, answer_agreement  # noqa: E402
@@ -106,8 +108,12 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> d
     if len(candidates) < 2:
         raise SystemExit(f"{run}: {len(candidates)} scored candidates under data/round_*/samples.jsonl; "
                          "run `medgr2 run` first (with at least one round) and pass its run directory")
-    k = min(len(candidates) - 1, max(8, len(candidates) // 4))
-    top = sorted(candidates, key=lambda s: -s.provenance.reward)[:k]
+    # The cycle's own selection (reward order, balanced over modality and task, near-duplicates out): a
+    # plain global top-K kept no fundus, X-ray or histopathology image here, and the test asks about them.
+    wanted = min(len(candidates) - 1, max(8, len(candidates) // 4))
+    rule = cfg.selection.model_copy(update={"mode": "reward", "top_k": wanted, "tau": None, "balance": True})
+    top = list(select_samples(candidates, rule, seed=0).kept)
+    k = len(top)
     _, test, pixels = split_data(cfg, 0)  # the run's own split (seed 0) keeps its test studies unseen
     images = {i.image_id: i for i in load_configured_pool(cfg.data.pool, cfg.data.cache_dir).images}
     out = {"candidates": len(candidates), "k": k, "rows": [],

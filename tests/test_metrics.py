@@ -55,8 +55,12 @@ def test_actor_metrics_reach_the_prometheus_endpoint(ray_cluster: None, make_gro
     def mine(samples: list[PromSample]) -> list[PromSample]:
         return [s for s in samples if s.tags.get("WorkerId") == worker]
 
+    suffix = {Kind.COUNTER: "_total", Kind.GAUGE: "", Kind.HISTOGRAM: "_count"}
+    expected = {f"ray_{spec.name}{suffix[spec.kind]}" for spec in CATALOGUE} | {"ray_medgr2_staleness_sum"}
+    # Wait for every name, not a count of names: an export can arrive in parts (a histogram's three
+    # series before a gauge), which on a loaded machine made a count-based wait pass too early.
     samples = _scrape_until(
-        port, lambda s: len({x.name for x in mine(s)}) >= len(CATALOGUE) + 2
+        port, lambda s: expected <= {x.name for x in mine(s)}
         and any(x.name == "ray_medgr2_buffer_depth" and x.value == 3.0 for x in s)
     )
     by_name = {s.name: s for s in mine(samples)}
@@ -66,8 +70,7 @@ def test_actor_metrics_reach_the_prometheus_endpoint(ray_cluster: None, make_gro
     assert by_name["ray_medgr2_staleness_count"].value == 2.0  # two observations: 2.0 and 1.0
     assert by_name["ray_medgr2_staleness_sum"].value == 3.0
     for spec in CATALOGUE:
-        suffix = {Kind.COUNTER: "_total", Kind.GAUGE: "", Kind.HISTOGRAM: "_count"}[spec.kind]
-        assert f"ray_{spec.name}{suffix}" in by_name, spec.name
+        assert f"ray_{spec.name}{suffix[spec.kind]}" in by_name, spec.name
     ray.kill(recorder)
     ray.kill(buffer)
 
