@@ -26,15 +26,35 @@ def init_ray(cfg: Config) -> None:
         return
     # Every worker: offline unless a hub model is named, quiet model loading, one tokenizer thread.
     env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "RAY_USAGE_STATS_ENABLED")}
-    env.update({"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env.update({"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
+                "PYTHONWARNINGS": "ignore::DeprecationWarning"})
     kwargs: dict[str, object] = {"namespace": cfg.ray.namespace, "log_to_driver": True,
-                                 "runtime_env": {"env_vars": env}}
+                                 "runtime_env": {"env_vars": env, "worker_process_setup_hook": quiet_worker_logs}}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kwargs)
         return
     ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory,
              include_dashboard=False, **kwargs)
+
+
+# Ray Train's per-report INFO line and its placement-group cleaner's "State API may be temporarily
+# unavailable" warning (a busy 2-core machine answers state queries slowly; training is unaffected)
+# arrive every few seconds and bury the stage progress a person reads.
+_NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+_NOISY_FILES = ("ray/train/v2/_internal/execution/context.py",)  # this Ray module names its logger by file path
+
+
+def quiet_worker_logs() -> None:
+    """Runs in every Ray worker process of a run (`worker_process_setup_hook`): silences the two chatty
+    Ray Train loggers above; errors still show."""
+    import ray
+
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    root = os.path.dirname(os.path.dirname(ray.__file__))
+    for relative in _NOISY_FILES:
+        logging.getLogger(os.path.join(root, relative)).setLevel(logging.WARNING)
 
 
 def _names_hub_model(cfg: Config) -> bool:
