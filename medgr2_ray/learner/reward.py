@@ -69,11 +69,13 @@ class RewardLearner(Trainer):
                  ) -> RewardOutput:
         """R on a micro-batch: the rendered samples and, for a verifier, their stated answers
         (`regress=False`: the answers only)."""
+        verdict = encode_verdicts(self.reward_model.loaded, requests, self.eos_id) if self.reward_model.is_verifier else None
+        if not regress and verdict is not None:  # answering only: the rendered samples are not even encoded
+            return model(None, verdict.to(self.device), verdict_only=True)
         inputs = inputs_to(encode_prompts(self.reward_model.loaded, requests, padding_side="left"), self.device)
-        if not self.reward_model.is_verifier:
+        if not self.reward_model.is_verifier or verdict is None:  # (a padding batch: nothing to answer)
             return model(inputs)
-        verdict = encode_verdicts(self.reward_model.loaded, requests, self.eos_id)
-        return model(inputs, None if verdict is None else verdict.to(self.device), verdict_only=not regress)
+        return model(inputs, verdict.to(self.device))
 
     def _usable(self, examples: Sequence[RewardExample], counts: Counter[str]) -> list[RewardExample]:
         """Examples that can be trained on; the rest are counted by reason."""

@@ -86,13 +86,18 @@ class RewardModel(torch.nn.Module):
         """Whether the score has the verdict term (and so needs `VerdictInputs`)."""
         return self.verdict_weight is not None
 
-    def forward(self, inputs: VLMInputs, verdict_inputs: VerdictInputs | None = None,
+    def forward(self, inputs: VLMInputs | None, verdict_inputs: VerdictInputs | None = None,
                 verdict_only: bool = False) -> RewardOutput:
         """Scores of a batch; a verifier needs `verdict_inputs` unless no sample has a question (then
-        every verdict is 0). `verdict_only` skips the scalar head (its score is then 0): R learning to
-        answer before it learns to grade needs only the verdict."""
+        every verdict is 0). `verdict_only` skips the scalar head and its inputs (may be None; the score
+        is then 0): R learning to answer before it learns to grade needs only the verdict."""
         if verdict_only:
-            score = torch.zeros(inputs.batch_size, device=inputs.input_ids.device)
+            if verdict_inputs is None:
+                raise ValueError("verdict_only needs verdict inputs: there is nothing else to compute")
+            rows = verdict_inputs.answer_row
+            score = torch.zeros(rows.shape[0], device=verdict_inputs.completion_mask.device)
+        elif inputs is None:
+            raise ValueError("the scalar head needs the rendered samples' inputs")
         else:
             hidden = vlm_core(self.backbone)(**forward_kwargs(inputs), use_cache=False).last_hidden_state
             rows = torch.arange(hidden.shape[0], device=hidden.device)
