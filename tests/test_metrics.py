@@ -4,7 +4,7 @@ run directory's JSONL/TensorBoard log holds what the driver logged."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,17 @@ def _scrape_until(port: int, found: Callable[[list[PromSample]], bool]) -> list[
     raise AssertionError(f"metrics never appeared; last scrape: {sorted({s.name for s in samples})}")
 
 
-def test_actor_metrics_reach_the_prometheus_endpoint(ray_cluster: None, make_groups: list[ScoredGroup]) -> None:
+@pytest.fixture(scope="module")
+def fresh_ray_cluster(ray_cluster: None) -> Iterator[None]:
+    """A new local cluster for the Prometheus test. In the whole suite the session's cluster had run
+    hundreds of actors first, and its node stopped exporting gauges (counters and histograms still came,
+    every gauge was missing after 60 s; alone the test passed). Later tests get this cluster too."""
+    ray.shutdown()
+    ray.init(num_cpus=4, include_dashboard=False, namespace="medgr2-tests", log_to_driver=True)
+    yield
+
+
+def test_actor_metrics_reach_the_prometheus_endpoint(fresh_ray_cluster: None, make_groups: list[ScoredGroup]) -> None:
     recorder = _Recorder.remote()
     worker = ray.get(recorder.record_all.remote())
     buffer = ray.remote(RolloutBuffer).options(num_cpus=0).remote(8)
