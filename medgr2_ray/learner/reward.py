@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -69,13 +70,18 @@ class RewardLearner(Trainer):
                  ) -> RewardOutput:
         """R on a micro-batch: the rendered samples and, for a verifier, their stated answers
         (`regress=False`: the answers only)."""
-        verdict = encode_verdicts(self.reward_model.loaded, requests, self.eos_id) if self.reward_model.is_verifier else None
-        if not regress and verdict is not None:  # answering only: the rendered samples are not even encoded
-            return model(None, verdict.to(self.device), verdict_only=True)
+        loaded = self.reward_model.loaded
+        verdict = encode_verdicts(loaded, requests, self.eos_id) if self.reward_model.is_verifier else None
+        if verdict is not None:
+            verdict = replace(verdict, inputs=inputs_to(verdict.inputs, self.device),
+                              completion_mask=verdict.completion_mask.to(self.device),
+                              answer_row=verdict.answer_row.to(self.device))
+            if not regress:  # answering only: the rendered samples are not even encoded
+                return model(None, verdict, verdict_only=True)
         inputs = inputs_to(encode_prompts(self.reward_model.loaded, requests, padding_side="left"), self.device)
-        if not self.reward_model.is_verifier or verdict is None:  # (a padding batch: nothing to answer)
+        if verdict is None:  # a scalar head, or a padding batch with nothing to answer
             return model(inputs)
-        return model(inputs, verdict.to(self.device))
+        return model(inputs, verdict)
 
     def _usable(self, examples: Sequence[RewardExample], counts: Counter[str]) -> list[RewardExample]:
         """Examples that can be trained on; the rest are counted by reason."""
@@ -109,11 +115,12 @@ class RewardLearner(Trainer):
             if batch is None:  # this rank has nothing at all: pad with a neutral text-only example
                 batch = [RewardExample(GenerationRequest("__padding__", "padding"), 0.0, "padding")]
             out = self._forward(model, [e.request for e in batch], regress)
-            target = torch.tensor([float(e.target) for e in batch], device=out.score.device)
-            loss, metrics = reward_regression_loss(out.score, target, stats["examples_trained"])
-            # Per-micro-batch correlation does not aggregate (and may be absent): keep additive metrics.
-            metrics = {k: metrics[k] for k in ("loss", "mse", "mae", "pred_mean", "target_mean")} if regress else {}
-            loss = loss if regress else loss.detach() * 0.0
+            loss, metrics = torch.zeros((), device=out.score.device), {}
+            if regress:
+                target = torch.tensor([float(e.target) for e in batch], device=out.score.device)
+                loss, metrics = reward_regression_loss(out.score, target, stats["examples_trained"])
+                # Per-micro-batch correlation does not aggregate (and may be absent): keep additive metrics.
+                metrics = {k: metrics[k] for k in ("loss", "mse", "mae", "pred_mean", "target_mean")}
             if out.verdict is not None:
                 answer, answer_metrics = self._answer_term(out, batch, stats["examples_trained"])
                 loss = loss + answer

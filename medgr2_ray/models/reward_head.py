@@ -94,8 +94,8 @@ class RewardModel(torch.nn.Module):
         if verdict_only:
             if verdict_inputs is None:
                 raise ValueError("verdict_only needs verdict inputs: there is nothing else to compute")
-            rows = verdict_inputs.answer_row
-            score = torch.zeros(rows.shape[0], device=verdict_inputs.completion_mask.device)
+            answer_row = verdict_inputs.answer_row
+            score = torch.zeros(answer_row.shape[0], device=answer_row.device)
         elif inputs is None:
             raise ValueError("the scalar head needs the rendered samples' inputs")
         else:

@@ -37,13 +37,6 @@ class VerdictInputs:
     completion_mask: torch.Tensor  # [N, L] bool: the answer's tokens
     answer_row: torch.Tensor  # [B] long: each sample's row, -1 when it has no question to answer
 
-    def to(self, device: torch.device) -> "VerdictInputs":
-        """The same inputs on `device`."""
-        moved = VLMInputs(*(None if t is None else t.to(device) for t in (
-            self.inputs.input_ids, self.inputs.attention_mask, self.inputs.position_ids,
-            self.inputs.mm_token_type_ids, self.inputs.pixel_values, self.inputs.image_grid_thw)))
-        return VerdictInputs(moved, self.completion_mask.to(device), self.answer_row.to(device))
-
 
 @dataclass(frozen=True)
 class Verdict:
