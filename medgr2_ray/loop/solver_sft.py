@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
+import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,10 @@ def run_solver_sft(cfg: Config, model_dir: Path, samples: Sequence[Any], run_dir
 
     out_dir = run_dir / "models" / "solver_sft"
     storage = (run_dir / "ray_train").resolve()
+    if not resume and (storage / "solver_sft").exists():
+        # Ray Train loads any snapshot it finds under the same RunConfig name, resume or not: a new run in
+        # an old run directory would silently continue the old run's SFT (trained on other data).
+        shutil.rmtree(storage / "solver_sft")
     use_gpu = cfg.learner.num_gpus_per_rank > 0
     trainer = TorchTrainer(
         _train_loop,
