@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,19 +82,28 @@ def new_learner(cfg: Config, seed: int) -> PolicyLearner:
     return PolicyLearner(model_dir, cfg.policy, cfg.learner, cfg.grpo, seed)
 
 
-def measure_learns(cfg: Config, seeds: list[int], steps: int) -> dict:
-    rows = []
-    for seed in seeds:
-        train, test, pixels = split_data(cfg, seed)
-        learner = new_learner(cfg, seed)
-        before = evaluate(learner, cfg, test, pixels)
-        t0 = time.perf_counter()
-        sft(learner, cfg, train, pixels, steps, seed)
-        after = evaluate(learner, cfg, test, pixels)
-        rows.append({"seed": seed, "train_samples": len(train), "test_samples": len(test), "sft_steps": steps,
-                     "sft_seconds": time.perf_counter() - t0, "untrained": before, "sft": after})
-        print(f"seed {seed}: untrained {before['accuracy']:.1%} -> SFT {after['accuracy']:.1%} "
-              f"(greedy {after['greedy_accuracy']:.1%}, blind {after['blind_bound']:.1%})", flush=True)
+def learn_one(cfg: Config, seed: int, steps: int) -> dict:
+    """One seed's split: the untrained solver, then SFT on the training studies' seeds, both evaluated."""
+    torch.set_num_threads(1)  # also in worker processes (--jobs): one thread each shares 2 cores best
+    train, test, pixels = split_data(cfg, seed)
+    learner = new_learner(cfg, seed)
+    before = evaluate(learner, cfg, test, pixels)
+    t0 = time.perf_counter()
+    sft(learner, cfg, train, pixels, steps, seed)
+    after = evaluate(learner, cfg, test, pixels)
+    print(f"seed {seed}: untrained {before['accuracy']:.1%} -> SFT {after['accuracy']:.1%} "
+          f"(greedy {after['greedy_accuracy']:.1%}, blind {after['blind_bound']:.1%})", flush=True)
+    return {"seed": seed, "train_samples": len(train), "test_samples": len(test), "sft_steps": steps,
+            "sft_seconds": time.perf_counter() - t0, "untrained": before, "sft": after}
+
+
+def measure_learns(cfg: Config, seeds: list[int], steps: int, jobs: int = 1) -> dict:
+    """Every seed (in `jobs` processes: the seeds are independent and each is deterministic)."""
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(learn_one, [cfg] * len(seeds), seeds, [steps] * len(seeds)))
+    else:
+        rows = [learn_one(cfg, seed, steps) for seed in seeds]
     accs = [r["sft"]["accuracy"] for r in rows]
     return {"rows": rows, "mean": float(np.mean(accs)), "min": float(np.min(accs)),
             "gain_over_untrained": float(np.mean(accs) - np.mean([r["untrained"]["accuracy"] for r in rows]))}
@@ -182,6 +193,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a finished run directory for the selection measurement")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--only", choices=["learns", "selection"], default=None)
+    parser.add_argument("--jobs", type=int, default=1, help="seeds of the learns measurement run in parallel")
+    parser.add_argument("--out", default=None, help="result file name (default learns_on_cpu[_ONLY])")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(None, ["learner.schedule=cosine", f"learner.schedule_steps={args.steps}",
@@ -189,11 +202,11 @@ def main() -> None:
     result: dict = {"machine": machine(), "settings": {"steps": args.steps, "seeds": args.seeds,
                                                             "overrides": args.overrides}}
     if args.only in (None, "learns"):
-        result["learns"] = measure_learns(cfg, args.seeds, args.steps)
+        result["learns"] = measure_learns(cfg, args.seeds, args.steps, args.jobs)
     if args.run is not None and args.only in (None, "selection"):
         result["selection"] = measure_selection(cfg, args.run, args.seeds, args.steps)
     RESULTS.mkdir(exist_ok=True)
-    name = "learns_on_cpu" + (f"_{args.only}" if args.only else "")
+    name = args.out or "learns_on_cpu" + (f"_{args.only}" if args.only else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     (RESULTS / f"{name}.md").write_text(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1)[:3000])
