@@ -1,15 +1,15 @@
 """Does the solver learn on CPU? Held-out accuracy of tiny models trained from scratch (issue 8).
 
-Three measurements, each on a modality-balanced test set built from held-out studies only (split by
+Two measurements, each on a modality-balanced test set built from held-out studies only (split by
 study, never by slice), 4 options whose distractors are the test set's own modalities:
 1. learns:    untrained vs SFT (on template seeds from the training studies) for 3 seeds/splits;
               accuracy by length-normalised option likelihood, strict greedy exact match beside it, and
               the image-blind bound (the best fixed option ordering, computed exactly).
 2. selection: with a finished run's generated candidates (`--run runs/<name>`, scored by its reward
-              model), SFT on the reward-top-K (the cycle's balanced selection) vs a random K of the same
-              candidates, same seeds.
-3. grpo:      GRPO after SFT vs an equal-time SFT control (`--grpo-seconds`).
-Runs in one process per measurement (no Ray: this measures learning, not orchestration). Writes
+              model), SFT on the reward-selected samples (the cycle's own rule: tau, top-K, balanced;
+              configs/cpu-tiny.yaml's by default) vs a random subset of the same size, same seeds.
+GRPO against an equal-time SFT control is benchmarks/grpo_vs_sft.py. Each seed runs in its own process
+(with `--jobs`, in parallel; no Ray: this measures learning, not orchestration). Writes
 `benchmarks/results/learns_on_cpu.{json,md}`.
 """
 
@@ -109,8 +109,35 @@ def measure_learns(cfg: Config, seeds: list[int], steps: int, jobs: int = 1) -> 
             "gain_over_untrained": float(np.mean(accs) - np.mean([r["untrained"]["accuracy"] for r in rows]))}
 
 
-def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> dict:
-    """Reward-top-K vs random-K of one run's generated candidates (modality questions), same K and seeds."""
+def select_one(cfg: Config, seed: int, top: list[Sample], pool: list[Sample], steps: int,
+               with_seeds: bool = False) -> dict:
+    """One seed: SFT a fresh solver on the reward-selected samples and another on a random subset of the
+    same size drawn from the same candidates (with `with_seeds`, each beside the training studies' template
+    seeds, as the cycle's solver trains); both evaluated on the run's held-out test (split seed 0)."""
+    torch.set_num_threads(1)
+    seeds, test, pixels = split_data(cfg, 0)  # the run's own split (seed 0) keeps its test studies unseen
+    base = seeds if with_seeds else []
+    rnd = random.Random(seed).sample(pool, len(top))
+    row: dict = {"seed": seed, "random_k_ids": [s.sample_id for s in rnd]}
+    for name, subset in (("top_k", top), ("random_k", rnd)):
+        learner = new_learner(cfg, seed)
+        sft(learner, cfg, base + subset, pixels, steps, seed)
+        row[name] = evaluate(learner, cfg, test, pixels)["accuracy"]
+    print(f"selection seed {seed}: top-K {row['top_k']:.1%} vs random-K {row['random_k']:.1%}", flush=True)
+    return row
+
+
+def untrained_reference(cfg: Config) -> dict:
+    """What the selection rows compare against on their test set: the untrained solver and the blind bound."""
+    _, test, pixels = split_data(cfg, 0)
+    ev = evaluate(new_learner(cfg, 0), cfg, test, pixels)
+    return {"untrained": ev["accuracy"], "blind_bound": ev["blind_bound"]}
+
+
+def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int, jobs: int = 1,
+                      with_seeds: bool = False) -> dict:
+    """Reward-selected vs random samples of one run's generated candidates (modality questions): the
+    selection rule is the cycle's own (`cfg.selection`: tau, top-K, balanced, near-duplicates out)."""
     # Modality questions only: the held-out test asks for the modality, so an anatomy question in one
     # subset and not in the other would change what is measured, not how well R selects.
     candidates = [s for p in sorted((run / "data").glob("round_*/samples.jsonl")) for s in read_samples(p)
@@ -119,27 +146,25 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int) -> d
     if len(candidates) < 2:
         raise SystemExit(f"{run}: {len(candidates)} scored candidates under data/round_*/samples.jsonl; "
                          "run `medgr2 run` first (with at least one round) and pass its run directory")
-    # The cycle's own selection (reward order, balanced over modality and task, near-duplicates out): a
-    # plain global top-K kept no fundus, X-ray or histopathology image here, and the test asks about them.
-    wanted = min(len(candidates) - 1, max(8, len(candidates) // 4))
-    rule = cfg.selection.model_copy(update={"mode": "reward", "top_k": wanted, "tau": None, "balance": True})
+    rule = cfg.selection.model_copy(update={"mode": "reward"})
     top = list(select_samples(candidates, rule, seed=0).kept)
-    k = len(top)
-    _, test, pixels = split_data(cfg, 0)  # the run's own split (seed 0) keeps its test studies unseen
     images = {i.image_id: i for i in load_configured_pool(cfg.data.pool, cfg.data.cache_dir).images}
-    out = {"candidates": len(candidates), "k": k, "rows": [],
+    out = {"candidates": len(candidates), "k": len(top), "with_seeds": with_seeds, "rule": rule.model_dump(mode="json"), "rows": [],
            # does R pick faithful samples? (modality answers checked against the image's metadata)
            "faithful_all": answer_agreement(candidates, images), "faithful_top_k": answer_agreement(top, images),
            "auroc": reward_auroc(candidates, images)}
-    for seed in seeds:
-        rnd = random.Random(seed).sample(candidates, k)
-        row = {"seed": seed, "faithful_random_k": answer_agreement(rnd, images)}
-        for name, subset in (("top_k", top), ("random_k", rnd)):
-            learner = new_learner(cfg, seed)
-            sft(learner, cfg, subset, pixels, steps, seed)
-            row[name] = evaluate(learner, cfg, test, pixels)["accuracy"]
-        out["rows"].append(row)
-        print(f"selection seed {seed}: top-K {row['top_k']:.1%} vs random-K {row['random_k']:.1%}", flush=True)
+    n = len(seeds)
+    args = ([cfg] * n, seeds, [top] * n, [candidates] * n, [steps] * n, [with_seeds] * n)
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(select_one, *args))
+    else:
+        rows = list(map(select_one, *args))
+    out.update(untrained_reference(cfg))
+    by_id = {s.sample_id: s for s in candidates}
+    for row in rows:
+        row["faithful_random_k"] = answer_agreement([by_id[i] for i in row.pop("random_k_ids")], images)
+    out["rows"] = rows
     return out
 
 
@@ -174,7 +199,8 @@ def markdown(result: dict) -> str:
     selection = result.get("selection")
     if selection:
         pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
-        lines += ["", f"Selection: {selection['candidates']} scored candidates of one run, K = {selection['k']}. "
+        lines += ["", f"Selection: {selection['candidates']} scored candidates of one run, K = {selection['k']} "
+                      f"(rule: {json.dumps(selection.get('rule'))}). "
                       f"Faithful modality answers: all candidates {pct(selection.get('faithful_all'))}, "
                       f"reward-top-K {pct(selection.get('faithful_top_k'))}; AUROC of R's reward for faithfulness "
                       f"{selection['auroc'] if selection.get('auroc') is None else round(selection['auroc'], 3)}.", "",
@@ -182,7 +208,15 @@ def markdown(result: dict) -> str:
         lines += [f"| {r['seed']} | {r['top_k']:.1%} | {r['random_k']:.1%} | {pct(r.get('faithful_random_k'))} |"
                   for r in selection["rows"]]
         better = all(r["top_k"] > r["random_k"] for r in selection["rows"])
-        lines.append(f"\nGoal: top-K beats random-K on every seed -> {'MET' if better else 'NOT MET'}.")
+        lines.append(f"\nGoal: top-K beats random-K on every seed -> {'MET' if better else 'NOT MET'}"
+                     f"{' (each subset beside the template seeds)' if selection.get('with_seeds') else ''}.")
+        if "untrained" in selection:
+            top_mean = float(np.mean([r["top_k"] for r in selection["rows"]]))
+            lines.append(f"For scale, on the same test set: the untrained solver {selection['untrained']:.1%}, the "
+                         f"image-blind bound {selection['blind_bound']:.1%}; top-K mean {top_mean:.1%}"
+                         + (" (no better than the blind bound: the random subset's wrong answers cost accuracy, "
+                            "the selected ones do not yet teach it)" if top_mean <= selection["blind_bound"] else "")
+                         + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -194,17 +228,22 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--only", choices=["learns", "selection"], default=None)
     parser.add_argument("--jobs", type=int, default=1, help="seeds of the learns measurement run in parallel")
+    parser.add_argument("--with-seeds", action="store_true",
+                        help="selection: train each subset beside the template seeds (as the cycle's solver does)")
     parser.add_argument("--out", default=None, help="result file name (default learns_on_cpu[_ONLY])")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(None, ["learner.schedule=cosine", f"learner.schedule_steps={args.steps}",
-                             "policy.tiny.image_size=112", *args.overrides])
+                             "policy.tiny.image_size=112",
+                             # the selection rule of configs/cpu-tiny.yaml (the selection measurement's top-K)
+                             "selection.tau=2.0", "selection.top_k=48", *args.overrides])
     result: dict = {"machine": machine(), "settings": {"steps": args.steps, "seeds": args.seeds,
                                                             "overrides": args.overrides}}
     if args.only in (None, "learns"):
         result["learns"] = measure_learns(cfg, args.seeds, args.steps, args.jobs)
     if args.run is not None and args.only in (None, "selection"):
-        result["selection"] = measure_selection(cfg, args.run, args.seeds, args.steps)
+        result["selection"] = measure_selection(cfg, args.run, args.seeds, args.steps, args.jobs,
+                                                args.with_seeds)
     RESULTS.mkdir(exist_ok=True)
     name = args.out or "learns_on_cpu" + (f"_{args.only}" if args.only else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
