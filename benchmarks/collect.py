@@ -10,7 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ("weight_sync", "async_vs_sync", "orchestration_overhead", "vs_trl", "engine_throughput",
-         "learns_on_cpu_learns", "learns_on_cpu_selection", "grpo_vs_sft")
+         "learns_on_cpu_learns", "learns_on_cpu_selection", "learns_on_cpu_selection_with_seeds", "grpo_vs_sft")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
