@@ -21,9 +21,11 @@ import multiprocessing
 import random
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +47,7 @@ from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
 from medgr2_ray.types import Sample, TaskType  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CPU_TINY = Path(__file__).resolve().parent.parent / "configs" / "cpu-tiny.yaml"
 
 
 def split_data(cfg: Config, seed: int) -> tuple[list[Sample], list[Sample], dict[str, np.ndarray]]:
@@ -82,7 +85,7 @@ def new_learner(cfg: Config, seed: int) -> PolicyLearner:
     return PolicyLearner(model_dir, cfg.policy, cfg.learner, cfg.grpo, seed)
 
 
-def learn_one(cfg: Config, seed: int, steps: int) -> dict:
+def learn_one(seed: int, cfg: Config, steps: int) -> dict:
     """One seed's split: the untrained solver, then SFT on the training studies' seeds, both evaluated."""
     torch.set_num_threads(1)  # also in worker processes (--jobs): one thread each shares 2 cores best
     train, test, pixels = split_data(cfg, seed)
@@ -97,19 +100,24 @@ def learn_one(cfg: Config, seed: int, steps: int) -> dict:
             "sft_seconds": time.perf_counter() - t0, "untrained": before, "sft": after}
 
 
+def per_seed(fn: Callable[..., dict], jobs: int, seeds: list[int], *args: Any) -> list[dict]:
+    """`fn(seed, *args)` for every seed, in `jobs` spawned processes when > 1 (the seeds are independent
+    and each is deterministic, so the rows do not depend on `jobs`)."""
+    if jobs <= 1:
+        return [fn(seed, *args) for seed in seeds]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, seeds, *[[a] * len(seeds) for a in args]))
+
+
 def measure_learns(cfg: Config, seeds: list[int], steps: int, jobs: int = 1) -> dict:
-    """Every seed (in `jobs` processes: the seeds are independent and each is deterministic)."""
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = list(pool.map(learn_one, [cfg] * len(seeds), seeds, [steps] * len(seeds)))
-    else:
-        rows = [learn_one(cfg, seed, steps) for seed in seeds]
+    """Every seed's split, untrained and after SFT."""
+    rows = per_seed(learn_one, jobs, seeds, cfg, steps)
     accs = [r["sft"]["accuracy"] for r in rows]
     return {"rows": rows, "mean": float(np.mean(accs)), "min": float(np.min(accs)),
             "gain_over_untrained": float(np.mean(accs) - np.mean([r["untrained"]["accuracy"] for r in rows]))}
 
 
-def select_one(cfg: Config, seed: int, top: list[Sample], pool: list[Sample], steps: int,
+def select_one(seed: int, cfg: Config, top: list[Sample], pool: list[Sample], steps: int,
                with_seeds: bool = False) -> dict:
     """One seed: SFT a fresh solver on the reward-selected samples and another on a random subset of the
     same size drawn from the same candidates (with `with_seeds`, each beside the training studies' template
@@ -149,17 +157,12 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int, jobs
     rule = cfg.selection.model_copy(update={"mode": "reward"})
     top = list(select_samples(candidates, rule, seed=0).kept)
     images = {i.image_id: i for i in load_configured_pool(cfg.data.pool, cfg.data.cache_dir).images}
-    out = {"candidates": len(candidates), "k": len(top), "with_seeds": with_seeds, "rule": rule.model_dump(mode="json"), "rows": [],
+    out = {"candidates": len(candidates), "k": len(top), "with_seeds": with_seeds,
+           "rule": rule.model_dump(mode="json"), "rows": [],
            # does R pick faithful samples? (modality answers checked against the image's metadata)
            "faithful_all": answer_agreement(candidates, images), "faithful_top_k": answer_agreement(top, images),
            "auroc": reward_auroc(candidates, images)}
-    n = len(seeds)
-    args = ([cfg] * n, seeds, [top] * n, [candidates] * n, [steps] * n, [with_seeds] * n)
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = list(pool.map(select_one, *args))
-    else:
-        rows = list(map(select_one, *args))
+    rows = per_seed(select_one, jobs, seeds, cfg, top, candidates, steps, with_seeds)
     out.update(untrained_reference(cfg))
     by_id = {s.sample_id: s for s in candidates}
     for row in rows:
@@ -177,7 +180,8 @@ def reward_auroc(candidates: list[Sample], images: dict) -> float | None:
     pos, neg = rewards[faithful], rewards[~faithful]
     if not len(pos) or not len(neg):
         return None
-    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
 
 
 def markdown(result: dict) -> str:
@@ -227,16 +231,17 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a finished run directory for the selection measurement")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--only", choices=["learns", "selection"], default=None)
-    parser.add_argument("--jobs", type=int, default=1, help="seeds of the learns measurement run in parallel")
+    parser.add_argument("--jobs", type=int, default=1, help="processes: the seeds run in parallel")
     parser.add_argument("--with-seeds", action="store_true",
                         help="selection: train each subset beside the template seeds (as the cycle's solver does)")
     parser.add_argument("--out", default=None, help="result file name (default learns_on_cpu[_ONLY])")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    # The selection measurement's rule is the main job's (configs/cpu-tiny.yaml), read, not restated.
+    rule = load_config(CPU_TINY).selection
     cfg = load_config(None, ["learner.schedule=cosine", f"learner.schedule_steps={args.steps}",
-                             "policy.tiny.image_size=112",
-                             # the selection rule of configs/cpu-tiny.yaml (the selection measurement's top-K)
-                             "selection.tau=2.0", "selection.top_k=48", *args.overrides])
+                             "policy.tiny.image_size=112", f"selection.tau={rule.tau}",
+                             f"selection.top_k={rule.top_k}", *args.overrides])
     result: dict = {"machine": machine(), "settings": {"steps": args.steps, "seeds": args.seeds,
                                                             "overrides": args.overrides}}
     if args.only in (None, "learns"):

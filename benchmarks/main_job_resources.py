@@ -52,11 +52,11 @@ def main() -> None:
     if not command:
         raise SystemExit("usage: main_job_resources.py -- COMMAND...")
     gnu_time = Path("/usr/bin/time")
-    report = Path(tempfile.mkstemp(prefix="main_job_time_")[1])
-    if gnu_time.is_file():  # its numbers beside ours: what `/usr/bin/time -v` alone would say
-        command_run = [str(gnu_time), "-v", "-o", str(report), *command]
-    else:
-        command_run = command
+    fd, name = tempfile.mkstemp(prefix="main_job_time_")
+    os.close(fd)
+    report = Path(name)
+    # its numbers beside ours: what `/usr/bin/time -v` alone would say (the driver only)
+    command_run = [str(gnu_time), "-v", "-o", name, *command] if gnu_time.is_file() else command
     start = time.perf_counter()
     proc = subprocess.Popen(command_run, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     root = psutil.Process(proc.pid)
@@ -70,7 +70,7 @@ def main() -> None:
         time.sleep(0.5)
     result = {"command": command, "exit_status": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
               "peak_tree_rss_gib": round(peak / 2**30, 2), "samples": samples,
-              "gnu_time": gnu_time_fields(report.read_text() if report.is_file() else ""), "machine": machine()}
+              "gnu_time": gnu_time_fields(report.read_text()), "machine": machine()}
     report.unlink(missing_ok=True)
     out = Path(__file__).resolve().parent / "results" / "main_job_resources.json"
     out.write_text(json.dumps(result, indent=1))

@@ -292,8 +292,9 @@ class CycleConfig(_Section):
     """Refresh the reward model every round (False: the 'no RM retraining' ablation)."""
     rm_verifier: bool = True
     """R's score also reads R's own answer to the sample: + w * p(stated answer | image, question), with p
-    the answer's probability under R's own language-model head (a generative verifier). A scalar head alone did not learn whether an
-    answer fits the image here (benchmarks/README.md); False is the paper's plain scalar head."""
+    the answer's probability under R's own language-model head (a generative verifier). A scalar head
+    alone did not learn whether an answer fits the image here (benchmarks/README.md); False is the
+    paper's plain scalar head."""
     rm_answer_loss: float = Field(1.0, ge=0.0)
     """Weight of the verifier's answer term: -log p of answers that fit their image, -log(1-p) of perturbed."""
     rm_answer_steps: int = Field(400, ge=0)
