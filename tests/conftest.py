@@ -73,11 +73,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """End the test process with pytest's own exit status, skipping interpreter finalisation.
 
     Why: CI saw the main lane print "325 passed" and then die with SIGSEGV (exit 139) while
-    Python tore down the process: native threads of Ray, Arrow, torch and tokenizers outlive
-    `ray.shutdown()` and may touch freed interpreter state. It did not reproduce in a full local
-    run, so it is a race in third-party teardown, not in our code; the results are final by now
-    (summary printed, cache and reports written by `pytest_sessionfinish`), so exiting here keeps
-    the verdict exact instead of letting a teardown race turn a green run red.
+    Python tore down the process. It did not reproduce in a full local run (faulthandler on), so
+    its source is unknown; the likely suspects are native threads (Ray, Arrow, torch, tokenizers)
+    that outlive `ray.shutdown()`. The results are final by now (summary printed, cache and reports
+    written by `pytest_sessionfinish`), so exiting here keeps the verdict exact instead of letting a
+    teardown crash turn a green run red, or a red one into a different code.
     """
     session = config.stash.get(_SESSION, None)
     if session is None:  # collection-only or early error paths: let pytest exit normally
