@@ -64,7 +64,17 @@ def split_data(cfg: Config, seed: int) -> tuple[list[Sample], list[Sample], dict
 def evaluate(learner: PolicyLearner, cfg: Config, test: list[Sample], pixels: dict[str, np.ndarray]) -> dict:
     """Likelihood accuracy and greedy exact match, scored as the transfer protocols score them."""
     likely, greedy = predict(learner, cfg, test, pixels.__getitem__, greedy=True)
-    return {**asdict(accuracy_table(test, likely)), "greedy_accuracy": accuracy_table(test, greedy or []).accuracy}
+    return {**asdict(accuracy_table(test, likely)), "greedy_accuracy": accuracy_table(test, greedy or []).accuracy,
+            "confusion": confusion(test, likely)}
+
+
+def confusion(test: list[Sample], picks: list[str]) -> dict[str, dict[str, int]]:
+    """How often each true modality was answered as each option (by likelihood): where errors go."""
+    counts: dict[str, dict[str, int]] = {}
+    for sample, pick in zip(test, picks, strict=True):
+        row = counts.setdefault(sample.modality.value, {})
+        row[pick] = row.get(pick, 0) + 1
+    return counts
 
 
 def sft(learner: PolicyLearner, cfg: Config, train: list[Sample], pixels: dict[str, np.ndarray], steps: int,
@@ -184,6 +194,21 @@ def reward_auroc(candidates: list[Sample], images: dict) -> float | None:
     return float(wins / (len(pos) * len(neg)))
 
 
+def confusion_lines(tables: list[dict[str, dict[str, int]]]) -> list[str]:
+    """Markdown of the seeds' summed confusion after SFT (rows: true modality; columns: answer)."""
+    summed: dict[str, dict[str, int]] = {}
+    for table in tables:
+        for truth, row in table.items():
+            for pick, n in row.items():
+                summed.setdefault(truth, {})[pick] = summed.get(truth, {}).get(pick, 0) + n
+    if not summed:
+        return []
+    picks = sorted({p for row in summed.values() for p in row})
+    head = ["", "Answers after SFT, all seeds summed (rows: the true modality):", "",
+            "| true \\ answered | " + " | ".join(picks) + " |", "|---" * (len(picks) + 1) + "|"]
+    return head + [f"| {t} | " + " | ".join(str(summed[t].get(p, 0)) for p in picks) + " |" for t in sorted(summed)]
+
+
 def markdown(result: dict) -> str:
     """A short table of the learning measurement, with the issue's goals checked honestly."""
     lines = [f"# learns_on_cpu\n\nSettings: {json.dumps(result['settings'])}; machine load at start "
@@ -200,6 +225,7 @@ def markdown(result: dict) -> str:
         lines.append(f"\nGoal: mean >= 65%, every seed >= 55%, >= 30 points over untrained. Measured mean "
                      f"{learns['mean']:.1%}, min {learns['min']:.1%}, gain {learns['gain_over_untrained']:.1%} -> "
                      f"{'MET' if met else 'NOT MET'}.")
+        lines += confusion_lines([r["sft"].get("confusion", {}) for r in learns["rows"]])
     selection = result.get("selection")
     if selection:
         pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
