@@ -85,7 +85,8 @@ def sft(learner: PolicyLearner, cfg: Config, train: list[Sample], pixels: dict[s
     while done < steps and (seconds is None or time.perf_counter() - start < seconds):
         idx = batch_indices(weights, cfg.solver.sft_batch_size, seed, learner.version)
         rng = np.random.default_rng([seed, learner.version])
-        learner.sft_step(solver_sft_examples([train[i] for i in idx], pixels.__getitem__, rng))
+        learner.sft_step(solver_sft_examples([train[i] for i in idx], pixels.__getitem__, rng,
+                                             cfg.solver.augmentation))
         done += 1
     return done
 

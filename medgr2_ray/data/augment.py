@@ -8,24 +8,10 @@ A tiny solver trained without hue/saturation jitter and random grayscale memoris
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from PIL import Image
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Strengths of each augmentation (0 disables it)."""
-
-    crop_scale: float = 0.75  # smallest side fraction of a random crop
-    rotate_degrees: float = 15.0
-    flip_prob: float = 0.5
-    gamma_range: float = 0.3  # gamma drawn from [1 - r, 1 + r]
-    noise_std: float = 6.0  # Gaussian noise, in 0..255 units
-    hue_shift: float = 0.5  # fraction of the hue circle
-    saturation_range: float = 0.6  # saturation scaled by [1 - r, 1 + r]
-    grayscale_prob: float = 0.3
+from medgr2_ray.config import AugmentConfig
 
 
 def _crop_rotate_flip(img: Image.Image, cfg: AugmentConfig, rng: np.random.Generator) -> Image.Image:
@@ -51,8 +37,10 @@ def _colour(rgb: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np
     return out
 
 
-def augment_image(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
-    """A randomly augmented copy of an HxWx3 uint8 image (same dtype; size may change by the crop)."""
+def augment_image(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig | None = None) -> np.ndarray:
+    """A randomly augmented copy of an HxWx3 uint8 image (same dtype; size may change by the crop);
+    `cfg` None means the defaults (`solver.augmentation`)."""
+    cfg = cfg or AugmentConfig()
     img = _crop_rotate_flip(Image.fromarray(rgb), cfg, rng)
     out = _colour(np.asarray(img), cfg, rng)
     gamma = rng.uniform(1 - cfg.gamma_range, 1 + cfg.gamma_range)

@@ -89,7 +89,8 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs inside each Ray Train w
     while step < config["steps"]:
         idx = batch_indices(weights, config["batch"], cfg.run.seed, step)[rank::world]
         rng = np.random.default_rng([cfg.run.seed, step, rank]) if config["augment"] else None
-        metrics = learner.sft_step(solver_sft_examples([samples[i] for i in idx], lookup, rng))
+        metrics = learner.sft_step(solver_sft_examples([samples[i] for i in idx], lookup, rng,
+                                                       cfg.solver.augmentation))
         window.append(float(metrics.get("loss", float("nan"))))
         step += 1
         last = step == config["steps"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medgr2_ray.algo.perturb import GradedSample
+from medgr2_ray.config import AugmentConfig
 from medgr2_ray.data.augment import augment_image
 from medgr2_ray.prompts import ParseFailure, generator_prompt, parse_generated, render_sample, reward_prompt, solver_prompt
 from medgr2_ray.types import (GenerationRequest, MedImage, PromptStrategy, Provenance, RewardExample, Rollout, Sample,
@@ -116,10 +117,14 @@ def solver_requests(samples: Sequence[Sample], lookup: ImageLookup) -> list[Gene
     return [solver_request(s, lookup(s.image_id)) for s in samples]
 
 
-def solver_sft_examples(samples: Sequence[Sample], lookup: ImageLookup, rng: np.random.Generator | None) -> list[SFTExample]:
-    """SFT examples whose target is the answer's option text; images augmented when `rng` is given."""
+def solver_sft_examples(samples: Sequence[Sample], lookup: ImageLookup, rng: np.random.Generator | None,
+                        augmentation: AugmentConfig | None = None) -> list[SFTExample]:
+    """SFT examples whose target is the answer's option text; images augmented (with `augmentation`'s
+    strengths, the defaults when None) when `rng` is given."""
     out = []
     for s in samples:
         image = lookup(s.image_id)
-        out.append(SFTExample(solver_request(s, augment_image(image, rng) if rng is not None else image), s.answer))
+        if rng is not None:
+            image = augment_image(image, rng, augmentation)
+        out.append(SFTExample(solver_request(s, image), s.answer))
     return out

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medgr2_ray.config import Config
+from medgr2_ray.config import AugmentConfig, Config
 from medgr2_ray.eval.transfer import (BASELINE, RowResult, TransferMatrix, assemble, cells_by_group, check_protocol,
                                       markdown, spec_from_config, to_json)
 from medgr2_ray.types import Sample
@@ -43,7 +43,7 @@ def new_solver(cfg: Config, model_dir: str | Path, steps: int) -> PolicyLearner:
 
 
 def sft_solver(learner: PolicyLearner, train: Sequence[Sample], lookup: ImageLookup, steps: int, batch: int,
-               seed: int, augment: bool) -> list[float]:
+               seed: int, augment: bool, augmentation: AugmentConfig | None = None) -> list[float]:
     """`steps` SFT steps on batches balanced over (modality, task); returns every step's loss.
 
     Batches depend only on (seed, step), as in the solver stage (`solver_sft.batch_indices`)."""
@@ -55,7 +55,7 @@ def sft_solver(learner: PolicyLearner, train: Sequence[Sample], lookup: ImageLoo
     for step in range(steps):
         idx = batch_indices(weights, batch, seed, step)
         rng = np.random.default_rng([seed, step]) if augment else None
-        metrics = learner.sft_step(solver_sft_examples([train[i] for i in idx], lookup, rng))
+        metrics = learner.sft_step(solver_sft_examples([train[i] for i in idx], lookup, rng, augmentation))
         losses.append(float(metrics.get("loss", float("nan"))))
     return losses
 
@@ -88,7 +88,7 @@ def run_row(cfg: Config, model_dir: str | Path, protocol: str, row: str, train: 
     score it on every held-out question, grouped into the protocol's columns."""
     learner = new_solver(cfg, model_dir, steps)
     losses = sft_solver(learner, train, lookup, steps, cfg.solver.sft_batch_size, cfg.run.seed,
-                        cfg.solver.augment) if train else []
+                        cfg.solver.augment, cfg.solver.augmentation) if train else []
     likely, greedy_picks = predict(learner, cfg, test, lookup, greedy)
     final = float(np.nanmean(losses[-10:])) if losses else float("nan")
     return RowResult(row, len(train), len(losses), final, cells_by_group(protocol, test, likely, greedy_picks))

@@ -76,3 +76,23 @@ def test_solver_sft_augments_pixels_not_targets() -> None:
     assert plain.request.images[0] is PIXELS["img2"]
     assert not np.array_equal(aug.request.images[0], PIXELS["img2"])
     assert "Answer" not in plain.request.prompt.split("\n")[0]
+
+
+def test_solver_sft_uses_the_configured_augmentation_strengths() -> None:
+    """`solver.augmentation` reaches the pixels: always-grayscale without noise gives equal channels, no crop,
+    rotation or flip keeps the image's size; the default (grayscale 0.3) keeps colour in most draws."""
+    from medgr2_ray.config import AugmentConfig
+
+    colour = np.zeros((16, 16, 3), np.uint8)
+    colour[..., 0], colour[..., 1] = 200, np.arange(16, dtype=np.uint8)[None, :] * 8
+    seeds = [_seed(IMAGES["img0"], "CT")] * 8
+    gray = AugmentConfig(grayscale_prob=1.0, noise_std=0.0, crop_scale=1.0, rotate_degrees=0.0, flip_prob=0.0)
+    out = solver_sft_examples(seeds, lambda _: colour, np.random.default_rng(0), gray)
+    for example in out:
+        image = example.request.images[0].astype(int)
+        assert image.shape == colour.shape
+        assert np.abs(image[..., 0] - image[..., 1]).max() <= 1 and np.abs(image[..., 1] - image[..., 2]).max() <= 1
+    default = solver_sft_examples(seeds, lambda _: colour, np.random.default_rng(0))
+    coloured = sum(np.abs(e.request.images[0].astype(int)[..., 0] - e.request.images[0][..., 2]).max() > 10
+                   for e in default)
+    assert coloured >= 4
