@@ -21,6 +21,7 @@ import multiprocessing
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -70,11 +71,10 @@ def evaluate(learner: PolicyLearner, cfg: Config, test: list[Sample], pixels: di
 
 def confusion(test: list[Sample], picks: list[str]) -> dict[str, dict[str, int]]:
     """How often each true modality was answered as each option (by likelihood): where errors go."""
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, Counter[str]] = {}
     for sample, pick in zip(test, picks, strict=True):
-        row = counts.setdefault(sample.modality.value, {})
-        row[pick] = row.get(pick, 0) + 1
-    return counts
+        counts.setdefault(sample.modality.value, Counter())[pick] += 1
+    return {truth: dict(row) for truth, row in counts.items()}
 
 
 def sft(learner: PolicyLearner, cfg: Config, train: list[Sample], pixels: dict[str, np.ndarray], steps: int,
@@ -197,11 +197,10 @@ def reward_auroc(candidates: list[Sample], images: dict) -> float | None:
 
 def confusion_lines(tables: list[dict[str, dict[str, int]]]) -> list[str]:
     """Markdown of the seeds' summed confusion after SFT (rows: true modality; columns: answer)."""
-    summed: dict[str, dict[str, int]] = {}
+    summed: dict[str, Counter[str]] = {}
     for table in tables:
         for truth, row in table.items():
-            for pick, n in row.items():
-                summed.setdefault(truth, {})[pick] = summed.get(truth, {}).get(pick, 0) + n
+            summed.setdefault(truth, Counter()).update(row)
     if not summed:
         return []
     picks = sorted({p for row in summed.values() for p in row})

@@ -101,7 +101,7 @@ def test_grpo_lr_overrides_the_learner_rate_for_the_grpo_stage_only() -> None:
         load_config(None, ["grpo.lr=0"])
 
 
-def test_augmentation_strengths_are_validated_by_name(tmp_path: Path) -> None:
+def test_augmentation_strengths_are_validated_by_name() -> None:
     cfg = load_config(None, ["solver.augmentation.grayscale_prob=1.0", "solver.augmentation.crop_scale=1"])
     assert cfg.solver.augmentation.grayscale_prob == 1.0 and cfg.solver.augmentation.crop_scale == 1.0
     with pytest.raises(ConfigError, match=r"'solver.augmentation.crop_scale': .*less than or equal to 1"):

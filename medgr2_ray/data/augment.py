@@ -13,6 +13,8 @@ from PIL import Image
 
 from medgr2_ray.config import AugmentConfig
 
+_DEFAULT = AugmentConfig()  # built once: augment_image runs per image per SFT step
+
 
 def _crop_rotate_flip(img: Image.Image, cfg: AugmentConfig, rng: np.random.Generator) -> Image.Image:
     w, h = img.size
@@ -40,7 +42,7 @@ def _colour(rgb: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np
 def augment_image(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig | None = None) -> np.ndarray:
     """A randomly augmented copy of an HxWx3 uint8 image (same dtype; size may change by the crop);
     `cfg` None means the defaults (`solver.augmentation`)."""
-    cfg = cfg or AugmentConfig()
+    cfg = cfg or _DEFAULT
     img = _crop_rotate_flip(Image.fromarray(rgb), cfg, rng)
     out = _colour(np.asarray(img), cfg, rng)
     gamma = rng.uniform(1 - cfg.gamma_range, 1 + cfg.gamma_range)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from medgr2_ray.algo.perturb import build_graded_samples
-from medgr2_ray.config import GradedDataConfig
+from medgr2_ray.config import AugmentConfig, GradedDataConfig
 from medgr2_ray.loop.stages import (generator_requests, generator_sft_examples, parse_candidates, reward_examples,
                                     solver_sft_examples)
 from medgr2_ray.prompts import render_sample
@@ -81,8 +81,6 @@ def test_solver_sft_augments_pixels_not_targets() -> None:
 def test_solver_sft_uses_the_configured_augmentation_strengths() -> None:
     """`solver.augmentation` reaches the pixels: always-grayscale without noise gives equal channels, no crop,
     rotation or flip keeps the image's size; the default (grayscale 0.3) keeps colour in most draws."""
-    from medgr2_ray.config import AugmentConfig
-
     colour = np.zeros((16, 16, 3), np.uint8)
     colour[..., 0], colour[..., 1] = 200, np.arange(16, dtype=np.uint8)[None, :] * 8
     seeds = [_seed(IMAGES["img0"], "CT")] * 8
