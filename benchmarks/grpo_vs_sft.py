@@ -77,7 +77,8 @@ def branch_learner(cfg: Config, start_dir: Path, lr: float, seed: int) -> Policy
 def measure(cfg: Config, seeds: list[int], sft_steps: int, seconds: float, lr: float) -> list[dict]:
     rows = []
     for seed in seeds:
-        train, test, pixels = split_data(cfg, seed)
+        split = split_data(cfg, seed)
+        train, test, pixels = split.seeds, split.test, split.pixels
         learner = new_learner(cfg, seed)
         sft(learner, cfg, train, pixels, sft_steps, seed)
         after_sft = evaluate(learner, cfg, test, pixels)

@@ -8,6 +8,9 @@ study, never by slice), 4 options whose distractors are the test set's own modal
 2. selection: with a finished run's generated candidates (`--run runs/<name>`, scored by its reward
               model), SFT on the reward-selected samples (the cycle's own rule: tau, top-K, balanced;
               configs/cpu-tiny.yaml's by default) vs a random subset of the same size, same seeds.
+3. solver:    the MedGR² solver as the cycle trains it: with one finished run per study split
+              (`--runs`, each made with `--set run.seed=N`), SFT on the template seeds beside that run's
+              selection, against the seeds alone and beside a random subset of the same size.
 GRPO against an equal-time SFT control is benchmarks/grpo_vs_sft.py. Each seed runs in its own process
 (with `--jobs`, in parallel; no Ray: this measures learning, not orchestration). Writes
 `benchmarks/results/learns_on_cpu.{json,md}`.
@@ -24,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +54,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CPU_TINY = Path(__file__).resolve().parent.parent / "configs" / "cpu-tiny.yaml"
 
 
-def split_data(cfg: Config, seed: int) -> tuple[list[Sample], list[Sample], dict[str, np.ndarray]]:
+@dataclass(frozen=True)
+class Split:
+    """One study split: training seeds, the balanced held-out test, every pool image's pixels."""
+
+    seeds: list[Sample]
+    test: list[Sample]
+    pixels: dict[str, np.ndarray]
+    train_image_ids: frozenset[str]
+
+
+def split_data(cfg: Config, seed: int) -> Split:
     """Training seeds (modality questions only, 4 per image) and the balanced held-out test set of one
     seed's study split: the cycle's own `prepare_data`, so the benchmark measures what the main job trains."""
     data = prepare_data(cfg.model_copy(update={
@@ -59,7 +72,7 @@ def split_data(cfg: Config, seed: int) -> tuple[list[Sample], list[Sample], dict
         "cycle": cfg.cycle.model_copy(update={"tasks": ["Modality Recognition"], "seeds_per_image": 4}),
     }))
     pixels = {i.image_id: data.pool.read_rgb(i) for i in data.pool.images}
-    return data.seeds, data.test_samples, pixels
+    return Split(data.seeds, data.test_samples, pixels, frozenset(i.image_id for i in data.train))
 
 
 def evaluate(learner: PolicyLearner, cfg: Config, test: list[Sample], pixels: dict[str, np.ndarray]) -> dict:
@@ -99,7 +112,8 @@ def new_learner(cfg: Config, seed: int) -> PolicyLearner:
 def learn_one(seed: int, cfg: Config, steps: int) -> dict:
     """One seed's split: the untrained solver, then SFT on the training studies' seeds, both evaluated."""
     torch.set_num_threads(1)  # also in worker processes (--jobs): one thread each shares 2 cores best
-    train, test, pixels = split_data(cfg, seed)
+    split = split_data(cfg, seed)
+    train, test, pixels = split.seeds, split.test, split.pixels
     learner = new_learner(cfg, seed)
     before = evaluate(learner, cfg, test, pixels)
     t0 = time.perf_counter()
@@ -134,8 +148,9 @@ def select_one(seed: int, cfg: Config, top: list[Sample], pool: list[Sample], st
     same size drawn from the same candidates (with `with_seeds`, each beside the training studies' template
     seeds, as the cycle's solver trains); both evaluated on the run's held-out test (split seed 0)."""
     torch.set_num_threads(1)
-    seeds, test, pixels = split_data(cfg, 0)  # the run's own split (seed 0) keeps its test studies unseen
-    base = seeds if with_seeds else []
+    split = split_data(cfg, 0)  # the run's own split (seed 0) keeps its test studies unseen
+    test, pixels = split.test, split.pixels
+    base = split.seeds if with_seeds else []
     rnd = random.Random(seed).sample(pool, len(top))
     row: dict = {"seed": seed, "random_k_ids": [s.sample_id for s in rnd]}
     for name, subset in (("top_k", top), ("random_k", rnd)):
@@ -148,15 +163,13 @@ def select_one(seed: int, cfg: Config, top: list[Sample], pool: list[Sample], st
 
 def untrained_reference(cfg: Config) -> dict:
     """What the selection rows compare against on their test set: the untrained solver and the blind bound."""
-    _, test, pixels = split_data(cfg, 0)
-    ev = evaluate(new_learner(cfg, 0), cfg, test, pixels)
+    split = split_data(cfg, 0)
+    ev = evaluate(new_learner(cfg, 0), cfg, split.test, split.pixels)
     return {"untrained": ev["accuracy"], "blind_bound": ev["blind_bound"]}
 
 
-def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int, jobs: int = 1,
-                      with_seeds: bool = False) -> dict:
-    """Reward-selected vs random samples of one run's generated candidates (modality questions): the
-    selection rule is the cycle's own (`cfg.selection`: tau, top-K, balanced, near-duplicates out)."""
+def run_candidates(run: Path) -> list[Sample]:
+    """A finished run's scored, generated modality questions (every round)."""
     # Modality questions only: the held-out test asks for the modality, so an anatomy question in one
     # subset and not in the other would change what is measured, not how well R selects.
     candidates = [s for p in sorted((run / "data").glob("round_*/samples.jsonl")) for s in read_samples(p)
@@ -165,11 +178,27 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int, jobs
     if len(candidates) < 2:
         raise SystemExit(f"{run}: {len(candidates)} scored candidates under data/round_*/samples.jsonl; "
                          "run `medgr2 run` first (with at least one round) and pass its run directory")
-    rule = cfg.selection.model_copy(update={"mode": "reward"})
-    top = list(select_samples(candidates, rule, seed=0).kept)
-    images = {i.image_id: i for i in load_configured_pool(cfg.data.pool, cfg.data.cache_dir).images}
+    return candidates
+
+
+def cycle_selection(cfg: Config, candidates: list[Sample]) -> list[Sample]:
+    """The cycle's own selection rule (`cfg.selection`: tau, top-K, balanced, near-duplicates out)."""
+    return list(select_samples(candidates, cfg.selection.model_copy(update={"mode": "reward"}), seed=0).kept)
+
+
+def pool_images(cfg: Config) -> dict:
+    """The configured pool's images by id (their metadata says which answers are faithful)."""
+    return {i.image_id: i for i in load_configured_pool(cfg.data.pool, cfg.data.cache_dir).images}
+
+
+def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int, jobs: int = 1,
+                      with_seeds: bool = False) -> dict:
+    """Reward-selected vs random samples of one run's generated candidates (modality questions)."""
+    candidates = run_candidates(run)
+    top = cycle_selection(cfg, candidates)
+    images = pool_images(cfg)
     out = {"candidates": len(candidates), "k": len(top), "with_seeds": with_seeds,
-           "rule": rule.model_dump(mode="json"), "rows": [],
+           "rule": cfg.selection.model_copy(update={"mode": "reward"}).model_dump(mode="json"), "rows": [],
            # does R pick faithful samples? (modality answers checked against the image's metadata)
            "faithful_all": answer_agreement(candidates, images), "faithful_top_k": answer_agreement(top, images),
            "auroc": reward_auroc(candidates, images)}
@@ -180,6 +209,43 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int, jobs
         row["faithful_random_k"] = answer_agreement([by_id[i] for i in row.pop("random_k_ids")], images)
     out["rows"] = rows
     return out
+
+
+def solver_one(run: Path, cfg: Config, steps: int) -> dict:
+    """One study split as the MedGR² cycle trains its solver: a fresh solver by SFT on the template seeds
+    alone, beside a random K of the run's candidates, and beside the cycle's selected K (what the main
+    job's solver trains on), all from the same init and seed; `run` was made with this split's seed."""
+    torch.set_num_threads(1)
+    split = load_config(run / "config.yaml").run.seed
+    data = split_data(cfg, split)
+    seeds, test, pixels = data.seeds, data.test, data.pixels
+    candidates = run_candidates(run)
+    leaked = sorted({s.image_id for s in candidates} - data.train_image_ids)
+    if leaked:  # the run was made with another split: its candidates would show the test studies
+        raise SystemExit(f"{run}: {len(leaked)} candidate images are not training images of split {split} "
+                         f"(e.g. {leaked[0]}); pass runs made with `--set run.seed=N` at this pool")
+    top = cycle_selection(cfg, candidates)
+    rnd = random.Random(split).sample(candidates, len(top))
+    images = pool_images(cfg)
+    row: dict = {"run": str(run), "seed": split, "candidates": len(candidates), "k": len(top),
+                 "faithful_all": answer_agreement(candidates, images), "faithful_top_k": answer_agreement(top, images),
+                 "faithful_random_k": answer_agreement(rnd, images),
+                 "untrained": evaluate(new_learner(cfg, split), cfg, test, pixels)}
+    for name, extra in (("seeds_only", []), ("seeds_random_k", rnd), ("seeds_top_k", top)):
+        learner = new_learner(cfg, split)
+        sft(learner, cfg, seeds + extra, pixels, steps, split)
+        row[name] = evaluate(learner, cfg, test, pixels)
+    print(f"solver split {split}: untrained {row['untrained']['accuracy']:.1%}, seeds {row['seeds_only']['accuracy']:.1%}, "
+          f"+random-K {row['seeds_random_k']['accuracy']:.1%}, +top-K {row['seeds_top_k']['accuracy']:.1%}", flush=True)
+    return row
+
+
+def measure_solver(cfg: Config, runs: list[Path], steps: int, jobs: int = 1) -> dict:
+    """The MedGR² solver (template seeds + the cycle's selection) over one run per study split."""
+    rows = per_seed(solver_one, jobs, runs, cfg, steps)
+    accs = [r["seeds_top_k"]["accuracy"] for r in rows]
+    return {"rows": rows, "mean": float(np.mean(accs)), "min": float(np.min(accs)),
+            "gain_over_untrained": float(np.mean(accs) - np.mean([r["untrained"]["accuracy"] for r in rows]))}
 
 
 def reward_auroc(candidates: list[Sample], images: dict) -> float | None:
@@ -195,7 +261,7 @@ def reward_auroc(candidates: list[Sample], images: dict) -> float | None:
     return float(wins / (len(pos) * len(neg)))
 
 
-def confusion_lines(tables: list[dict[str, dict[str, int]]]) -> list[str]:
+def confusion_lines(tables: list[dict[str, dict[str, int]]], what: str = "SFT, all seeds summed") -> list[str]:
     """Markdown of the seeds' summed confusion after SFT (rows: true modality; columns: answer)."""
     summed: dict[str, Counter[str]] = {}
     for table in tables:
@@ -204,9 +270,41 @@ def confusion_lines(tables: list[dict[str, dict[str, int]]]) -> list[str]:
     if not summed:
         return []
     picks = sorted({p for row in summed.values() for p in row})
-    head = ["", "Answers after SFT, all seeds summed (rows: the true modality):", "",
+    head = ["", f"Answers after {what} (rows: the true modality):", "",
             "| true \\ answered | " + " | ".join(picks) + " |", "|---" * (len(picks) + 1) + "|"]
     return head + [f"| {t} | " + " | ".join(str(summed[t].get(p, 0)) for p in picks) + " |" for t in sorted(summed)]
+
+
+def goal_line(name: str, summary: dict) -> str:
+    """The issue's learning goal checked on a summary with mean, min and gain over untrained."""
+    met = summary["mean"] >= 0.65 and summary["min"] >= 0.55 and summary["gain_over_untrained"] >= 0.30
+    return (f"\nGoal ({name}): mean >= 65%, every seed >= 55%, >= 30 points over untrained. Measured mean "
+            f"{summary['mean']:.1%}, min {summary['min']:.1%}, gain {summary['gain_over_untrained']:.1%} -> "
+            f"{'MET' if met else 'NOT MET'}.")
+
+
+def solver_lines(solver: dict) -> list[str]:
+    """Markdown of the MedGR² solver measurement: seeds alone, + random K, + the cycle's top-K, per split."""
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    lines = ["", "The MedGR² solver: SFT on the template seeds beside the cycle's selection (tau, top-K, balanced) "
+                 "of a one-round run made on the same study split, against the seeds alone and the seeds beside a "
+                 "random K of the same candidates (same init, seed and steps; held-out studies only):", "",
+             "| split | candidates (faithful) | K (faithful top-K / random K) | untrained | seeds only | "
+             "seeds + random K | seeds + top-K (greedy) | blind bound | per modality (seeds + top-K) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in solver["rows"]:
+        top = r["seeds_top_k"]
+        per = ", ".join(f"{k} {v:.0%}" for k, v in top["by_modality"].items())
+        lines.append(f"| {r['seed']} | {r['candidates']} ({pct(r['faithful_all'])}) | {r['k']} "
+                     f"({pct(r['faithful_top_k'])} / {pct(r['faithful_random_k'])}) | {r['untrained']['accuracy']:.1%} | "
+                     f"{r['seeds_only']['accuracy']:.1%} | {r['seeds_random_k']['accuracy']:.1%} | {top['accuracy']:.1%} "
+                     f"({top['greedy_accuracy']:.1%}) | {top['blind_bound']:.1%} | {per} |")
+    lines.append(goal_line("the MedGR² solver, seeds + top-K", solver))
+    better = sum(r["seeds_top_k"]["accuracy"] > r["seeds_random_k"]["accuracy"] for r in solver["rows"])
+    lines.append(f"Selection beside the seeds: top-K beats random K on {better} of {len(solver['rows'])} splits -> "
+                 f"{'MET' if better == len(solver['rows']) else 'NOT MET'}.")
+    return lines + confusion_lines([r["seeds_top_k"].get("confusion", {}) for r in solver["rows"]],
+                                   "SFT on seeds + top-K, all splits summed")
 
 
 def markdown(result: dict) -> str:
@@ -221,10 +319,7 @@ def markdown(result: dict) -> str:
             per = ", ".join(f"{k} {v:.0%}" for k, v in r["sft"]["by_modality"].items())
             lines.append(f"| {r['seed']} | {r['untrained']['accuracy']:.1%} | {r['sft']['accuracy']:.1%} | "
                          f"{r['sft']['greedy_accuracy']:.1%} | {r['sft']['blind_bound']:.1%} | {per} |")
-        met = learns["mean"] >= 0.65 and learns["min"] >= 0.55 and learns["gain_over_untrained"] >= 0.30
-        lines.append(f"\nGoal: mean >= 65%, every seed >= 55%, >= 30 points over untrained. Measured mean "
-                     f"{learns['mean']:.1%}, min {learns['min']:.1%}, gain {learns['gain_over_untrained']:.1%} -> "
-                     f"{'MET' if met else 'NOT MET'}.")
+        lines.append(goal_line("template seeds only", learns))
         lines += confusion_lines([r["sft"].get("confusion", {}) for r in learns["rows"]])
     selection = result.get("selection")
     if selection:
@@ -247,6 +342,8 @@ def markdown(result: dict) -> str:
                          + (" (no better than the blind bound: the random subset's wrong answers cost accuracy, "
                             "the selected ones do not yet teach it)" if top_mean <= selection["blind_bound"] else "")
                          + ".")
+    if result.get("solver"):
+        lines += solver_lines(result["solver"])
     return "\n".join(lines) + "\n"
 
 
@@ -256,7 +353,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--run", type=Path, help="a finished run directory for the selection measurement")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--only", choices=["learns", "selection"], default=None)
+    parser.add_argument("--runs", type=Path, nargs="+", default=[],
+                        help="the MedGR² solver: one finished run per study split (each made with its own "
+                             "--set run.seed=N); SFT on seeds + its selection vs seeds alone and + random K")
+    parser.add_argument("--only", choices=["learns", "selection", "solver"], default=None)
     parser.add_argument("--jobs", type=int, default=1, help="processes: the seeds run in parallel")
     parser.add_argument("--with-seeds", action="store_true",
                         help="selection: train each subset beside the template seeds (as the cycle's solver does)")
@@ -269,12 +369,15 @@ def main() -> None:
                              "policy.tiny.image_size=112", f"selection.tau={rule.tau}",
                              f"selection.top_k={rule.top_k}", *args.overrides])
     result: dict = {"machine": machine(), "settings": {"steps": args.steps, "seeds": args.seeds,
-                                                            "overrides": args.overrides}}
+                                                            "overrides": args.overrides,
+                                                            "runs": [str(r) for r in args.runs]}}
     if args.only in (None, "learns"):
         result["learns"] = measure_learns(cfg, args.seeds, args.steps, args.jobs)
     if args.run is not None and args.only in (None, "selection"):
         result["selection"] = measure_selection(cfg, args.run, args.seeds, args.steps, args.jobs,
                                                 args.with_seeds)
+    if args.runs and args.only in (None, "solver"):
+        result["solver"] = measure_solver(cfg, args.runs, args.steps, args.jobs)
     RESULTS.mkdir(exist_ok=True)
     name = args.out or "learns_on_cpu" + (f"_{args.only}" if args.only else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
