@@ -1,8 +1,9 @@
 """Real medical volumes that Debian packages ship, fetched once into the cache for the seed pool.
 
 Why: the pip-installable sources give only 23 studies, too few for a held-out split by study to leave
-every modality a few training studies. Debian's `invesalius-examples` (a head CT volume) and
-`mricron-data` (the Colin27 "ch2" brain MRI) add real studies. The packages are downloaded from the
+every modality a few training studies. Debian's `invesalius-examples` (a head CT volume),
+`mricron-data` (the Colin27 "ch2" brain MRI) and `libgdcm3.0` (an X-ray angiogram in its examples) add
+real studies. The packages are downloaded from the
 Debian archive (reachable wherever `apt` is), checked against pinned SHA-256 sums, and only the
 needed members are extracted, with plain Python (an `.deb` is an `ar` archive holding `data.tar.xz`):
 no root, no `apt`, no `dpkg`. Nothing runs from the packages; they are data.
@@ -46,6 +47,11 @@ PACKAGES: tuple[DebianPackage, ...] = (
                   "f2f14bdfef6dc3812eafc5013d133c6c18370aaab5666b78d54af2e7db432f97",
                   ("usr/share/doc/invesalius-examples/examples/Cranium.inv3",
                    "usr/share/doc/invesalius-examples/copyright")),
+    # GDCM's example file: a real 4-frame X-ray angiogram of the neck vessels (the pool's third X-ray
+    # study; pydicom-data's radiographs are one chest and one leg film). Only the doc member is read.
+    DebianPackage("libgdcm3.0", "pool/main/g/gdcm/libgdcm3.0_3.0.21-1_amd64.deb",
+                  "f307d1aa932c5dcb2d2d541bdf8bb8d227421bacd427f62b128ee5116bd039b2",
+                  ("usr/share/doc/libgdcm3.0/examples/00191113.dcm", "usr/share/doc/libgdcm3.0/copyright")),
 )
 
 

@@ -197,8 +197,45 @@ def _read_dicom(data: bytes) -> Dataset:
     return ds
 
 
+class _OffsetTableError(Exception):
+    """pydicom found no item where the offset table pointed: the table or the items are wrong."""
+
+
+def repair_offset_table(ds: Dataset) -> bool:
+    """Rebuild a Basic Offset Table that disagrees with its items, when the items make the right one
+    unambiguous (exactly one fragment per frame). Seen in the wild: GDCM's XA test file 00191113.dcm
+    (4 JPEG frames) lists 5 offsets, each one byte past its item, so pydicom seeks into the middle of an
+    item for every frame after the first; GDCM ignores the table. Returns True when `ds.PixelData` was
+    rewritten (with a table computed from the items), False when the items cannot say which is which."""
+    from pydicom.encaps import encapsulate, generate_fragments
+
+    if "PixelData" not in ds or not ds["PixelData"].is_undefined_length:
+        return False
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        fragments = list(generate_fragments(ds.PixelData))[1:]  # item 0 is the offset table
+    except ValueError:
+        return False
+    if n_frames < 2 or len(fragments) != n_frames:
+        return False
+    ds.PixelData = encapsulate(fragments, has_bot=True)
+    return True
+
+
 def _decode_frame(ds: Dataset, index: int | None) -> np.ndarray:
-    """One frame's stored values; decoder failures are mapped to reasons a person can act on."""
+    """One frame's stored values. A frame that the offset table misplaces is retried once with a table
+    rebuilt from the items (`repair_offset_table`); other failures get reasons a person can act on."""
+    try:
+        return _pixel_array(ds, index)
+    except (StopIteration, _OffsetTableError):
+        if repair_offset_table(ds):
+            return _pixel_array(ds, index)
+        raise IngestError("corrupt", "the encapsulated pixel data does not match its offset table or "
+                                     "NumberOfFrames; re-export the file (e.g. gdcmconv --raw)") from None
+
+
+def _pixel_array(ds: Dataset, index: int | None) -> np.ndarray:
+    """`pydicom.pixels.pixel_array`, with decoder failures mapped to reasons a person can act on."""
     from pydicom.pixels import pixel_array
 
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
@@ -216,6 +253,8 @@ def _decode_frame(ds: Dataset, index: int | None) -> np.ndarray:
             raise IngestError("too_large", "the compressed frame decodes to more pixels than allowed") from None
         raise IngestError("corrupt", f"pixel data cannot be decoded ({text.splitlines()[0][:160]})") from None
     except ValueError as exc:
+        if "when parsing the encapsulated pixel data" in str(exc):
+            raise _OffsetTableError(str(exc)) from None
         if "less than expected" in str(exc):
             raise IngestError("truncated", "pixel data is shorter than the header says") from None
         raise IngestError("corrupt", f"inconsistent pixel attributes ({str(exc)[:160]})") from None

@@ -4,8 +4,8 @@ Sources: pydicom's and pydicom-data's DICOM test files (CT, MR, computed radiogr
 nuclear medicine; the JPEG-lossless ones decode with pylibjpeg), scikit-image's sample images (fundus
 photographs, immunohistochemistry, quantitative phase microscopy), nibabel's test volumes (brain MR,
 NIfTI), matplotlib's sample MR slice, and, when `medgr2 data fetch-debian` (run by scripts/setup.sh)
-has put them in the cache, two Debian packages' volumes (InVesalius' head CT, MRIcron's Colin27 brain
-MR; see data/debian.py). A missing optional source is left out and the card says so. Every DICOM goes
+has put them in the cache, three Debian packages' files (InVesalius' head CT, MRIcron's Colin27 brain
+MR, GDCM's neck X-ray angiogram; see data/debian.py). A missing optional source is left out and the card says so. Every DICOM goes
 through the same de-identifying ingestion as user data. Larger images contribute square crops and multi-frame files
 several frames, to reach a few hundred images from a few dozen studies; crops and frames keep their
 study id, so `split_by_study` never puts two views of one study on both sides.
@@ -33,9 +33,11 @@ from medgr2_ray.data.deid import hash_text
 from medgr2_ray.data.store import POOL_FILE, ImagePool, PoolWriter, load_pool
 from medgr2_ray.types import Modality
 
-SEED_POOL_VERSION = "v2"
+SEED_POOL_VERSION = "v3"  # v3: + the GDCM X-ray angiogram (a third X-ray study)
 # The seed pool is built from public test files; a fixed salt keeps its ids reproducible everywhere.
-_SEED_SALT = b"medgr2-seed-pool-" + SEED_POOL_VERSION.encode()
+# v2's salt on purpose: study ids and crop boxes of every source that v2 had stay the same in v3, and
+# the split is stratified by modality (X-ray sorts last), so v3 changes the X-ray studies only.
+_SEED_SALT = b"medgr2-seed-pool-v2"
 
 _PYDICOM_LICENCE = "pydicom test data (pydicom, MIT); originals from NEMA WG04/GDCM/public samples"
 _PYDICOM_DATA_LICENCE = "pydicom-data (MIT); see the package for each file's origin"
@@ -45,6 +47,7 @@ _NIBABEL_LICENCE = "nibabel test data (nibabel, MIT)"
 _MPL_LICENCE = "matplotlib sample data (matplotlib licence, PSF-based)"
 _MRICRON_LICENCE = "Debian mricron-data: Colin27 'ch2' template (BSD-3-Clause, Chris Rorden)"
 _INVESALIUS_LICENCE = "Debian invesalius-examples: ProMED CT 0051 head CT (GPL-2, CTI Renato Archer)"
+_GDCM_LICENCE = "Debian libgdcm3.0: GDCM example 00191113.dcm, neck X-ray angiogram (Apache-2.0, M. Malaterre)"
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ SOURCES: tuple[SeedSource, ...] = (
     SeedSource("debian", "usr/share/mricron/templates/ch2.nii.gz", Modality.MR, "brain", _MRICRON_LICENCE),
     SeedSource("pydicom", "RG1_UNCR.dcm", Modality.XRAY, "chest", _PYDICOM_DATA_LICENCE, crops=14),
     SeedSource("pydicom", "RG3_UNCR.dcm", Modality.XRAY, "leg", _PYDICOM_DATA_LICENCE, crops=14),
+    SeedSource("debian", "usr/share/doc/libgdcm3.0/examples/00191113.dcm", Modality.XRAY, "neck", _GDCM_LICENCE,
+               crops=10),
     SeedSource("pydicom", "US1_UNCR.dcm", Modality.ULTRASOUND, "unknown", _PYDICOM_DATA_LICENCE, crops=4),
     SeedSource("pydicom", "OBXXXX1A_2frame.dcm", Modality.ULTRASOUND, "fetus", _PYDICOM_DATA_LICENCE, crops=4),
     SeedSource("pydicom", "gdcm-US-ALOKA-16.dcm", Modality.ULTRASOUND, "unknown", _PYDICOM_DATA_LICENCE,
@@ -288,7 +293,7 @@ def seed_card(pool: ImagePool, missing: Sequence[str] = ()) -> str:
     return f"""# medgr2_ray seed pool {SEED_POOL_VERSION}
 
 {len(pool)} images from {len(pool.studies())} studies in {len(counts)} modalities, built offline from
-files that pydicom, pydicom-data, scikit-image, nibabel, matplotlib and two Debian data packages ship.
+files that pydicom, pydicom-data, scikit-image, nibabel, matplotlib and three Debian packages ship.
 {absent}
 | modality | images | studies |
 |---|---|---|
