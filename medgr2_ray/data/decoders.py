@@ -253,7 +253,7 @@ def _pixel_array(ds: Dataset, index: int | None) -> np.ndarray:
             raise IngestError("too_large", "the compressed frame decodes to more pixels than allowed") from None
         raise IngestError("corrupt", f"pixel data cannot be decoded ({text.splitlines()[0][:160]})") from None
     except ValueError as exc:
-        if "when parsing the encapsulated pixel data" in str(exc):
+        if "when parsing the encapsulated pixel data" in str(exc) or "Basic Offset Table" in str(exc):
             raise _OffsetTableError(str(exc)) from None
         if "less than expected" in str(exc):
             raise IngestError("truncated", "pixel data is shorter than the header says") from None

@@ -155,3 +155,51 @@ def test_ingest_paths_writes_a_loadable_pool(tmp_path: Path) -> None:
     assert pool.counts_by_modality() == {"CT": 1, "MR": 1}
     assert all(i.source.startswith("file:f-") and "MR_small" not in i.source for i in pool.images)
     assert pool.read_rgb(pool.images[0]).shape == (pool.images[0].height, pool.images[0].width, 3)
+
+
+def _rle_fragments() -> tuple[pydicom.Dataset, list[bytes], np.ndarray]:
+    """A real 10-frame MR (emri_small.dcm) as RLE Lossless: the dataset, one fragment per frame, and the
+    stored frames the fragments must decode to."""
+    from pydicom.encaps import generate_fragments
+    from pydicom.uid import RLELossless
+
+    ds = _read("emri_small.dcm")
+    frames = ds.pixel_array.copy()
+    ds.compress(RLELossless)
+    return ds, list(generate_fragments(ds.PixelData))[1:], frames
+
+
+def _with_table(ds: pydicom.Dataset, fragments: list[bytes], offsets: list[int]) -> bytes:
+    """The file with these fragments behind an offset table of `offsets` (right or wrong)."""
+    from pydicom.encaps import encapsulate
+
+    table = np.asarray(offsets, dtype="<u4").tobytes()
+    items = encapsulate(fragments, has_bot=False)[8:]  # without the empty table item
+    ds.PixelData = b"\xfe\xff\x00\xe0" + len(table).to_bytes(4, "little") + table + items
+    return _to_bytes(ds)
+
+
+def test_an_offset_table_that_misses_its_items_is_rebuilt_from_the_items() -> None:
+    # As GDCM's X-ray angiogram 00191113.dcm (in the seed pool): n+1 offsets, each one byte past its item.
+    ds, fragments, frames = _rle_fragments()
+    starts = np.cumsum([0] + [8 + len(f) for f in fragments]).tolist()  # item starts, then the end
+    good = _with_table(ds, fragments, starts[:-1])
+    broken = _with_table(ds, fragments, [0] + [s + 1 for s in starts[1:]])
+    with pytest.raises((ValueError, StopIteration)), warnings.catch_warnings():  # pydicom alone cannot
+        warnings.simplefilter("ignore")
+        pydicom.dcmread(io.BytesIO(broken)).pixel_array
+    opts = IngestOptions(salt=SALT, max_side=4096, max_frames=10)
+    want, got = decode_bytes(good, "good.dcm", opts), decode_bytes(broken, "broken.dcm", opts)
+    assert len(got) == len(want) == len(frames) == 10
+    for a, b in zip(got, want, strict=True):
+        assert np.array_equal(a.rgb, b.rgb)
+    assert not np.array_equal(got[0].rgb, got[5].rgb)  # each frame its own, not frame 0 again
+
+
+def test_fewer_fragments_than_frames_is_refused_with_what_to_do() -> None:
+    ds, fragments, _ = _rle_fragments()
+    starts = np.cumsum([0] + [8 + len(f) for f in fragments[:-1]]).tolist()
+    short = _with_table(ds, fragments[:-1], [0] + [s + 1 for s in starts[1:]])  # one frame's item lost
+    with pytest.raises(IngestError, match="NumberOfFrames; re-export") as err:
+        decode_bytes(short, "short.dcm", IngestOptions(salt=SALT, max_side=4096, max_frames=10))
+    assert err.value.reason == "corrupt"

@@ -28,6 +28,8 @@ def test_counts_modalities_studies_and_provenance(seed_pool_dir: Path) -> None:
     assert {i.source.split(":", 1)[1] for i in pool.images} == {s.filename.rsplit("/", 1)[-1] for s in SOURCES
                                                                if s.filename not in missing}
     assert set(pool.report["missing_optional_sources"]) == missing
+    if not missing:  # with the Debian sources, X-ray has three studies: chest, leg, neck angiogram
+        assert len({i.study_id for i in pool.images if i.modality.value == "X-Ray"}) == 3
 
 
 def test_card_is_honest_and_contact_sheet_is_an_image(seed_pool_dir: Path) -> None:
