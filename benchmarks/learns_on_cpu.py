@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from medgr2_ray.config import Config, load_config  # noqa: E402
+from medgr2_ray.config import Config, SelectionConfig, load_config  # noqa: E402
 from medgr2_ray.algo.selection import select_samples  # noqa: E402
 from medgr2_ray.data.store import read_samples  # noqa: E402
 from medgr2_ray.data.seedpool import load_configured_pool  # noqa: E402
@@ -136,8 +136,12 @@ def per_seed(fn: Callable[..., dict], jobs: int, seeds: list[int], *args: Any) -
 
 def measure_learns(cfg: Config, seeds: list[int], steps: int, jobs: int = 1) -> dict:
     """Every seed's split, untrained and after SFT."""
-    rows = per_seed(learn_one, jobs, seeds, cfg, steps)
-    accs = [r["sft"]["accuracy"] for r in rows]
+    return summarise(per_seed(learn_one, jobs, seeds, cfg, steps), "sft")
+
+
+def summarise(rows: list[dict], trained: str) -> dict:
+    """The rows with the learning goal's numbers for the `trained` arm: mean, min, gain over untrained."""
+    accs = [r[trained]["accuracy"] for r in rows]
     return {"rows": rows, "mean": float(np.mean(accs)), "min": float(np.min(accs)),
             "gain_over_untrained": float(np.mean(accs) - np.mean([r["untrained"]["accuracy"] for r in rows]))}
 
@@ -181,9 +185,14 @@ def run_candidates(run: Path) -> list[Sample]:
     return candidates
 
 
-def cycle_selection(cfg: Config, candidates: list[Sample]) -> list[Sample]:
+def selection_rule(cfg: Config) -> SelectionConfig:
     """The cycle's own selection rule (`cfg.selection`: tau, top-K, balanced, near-duplicates out)."""
-    return list(select_samples(candidates, cfg.selection.model_copy(update={"mode": "reward"}), seed=0).kept)
+    return cfg.selection.model_copy(update={"mode": "reward"})
+
+
+def cycle_selection(cfg: Config, candidates: list[Sample]) -> list[Sample]:
+    """The samples the cycle's rule keeps of these candidates."""
+    return list(select_samples(candidates, selection_rule(cfg), seed=0).kept)
 
 
 def pool_images(cfg: Config) -> dict:
@@ -198,7 +207,7 @@ def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int, jobs
     top = cycle_selection(cfg, candidates)
     images = pool_images(cfg)
     out = {"candidates": len(candidates), "k": len(top), "with_seeds": with_seeds,
-           "rule": cfg.selection.model_copy(update={"mode": "reward"}).model_dump(mode="json"), "rows": [],
+           "rule": selection_rule(cfg).model_dump(mode="json"), "rows": [],
            # does R pick faithful samples? (modality answers checked against the image's metadata)
            "faithful_all": answer_agreement(candidates, images), "faithful_top_k": answer_agreement(top, images),
            "auroc": reward_auroc(candidates, images)}
@@ -242,10 +251,7 @@ def solver_one(run: Path, cfg: Config, steps: int) -> dict:
 
 def measure_solver(cfg: Config, runs: list[Path], steps: int, jobs: int = 1) -> dict:
     """The MedGR² solver (template seeds + the cycle's selection) over one run per study split."""
-    rows = per_seed(solver_one, jobs, runs, cfg, steps)
-    accs = [r["seeds_top_k"]["accuracy"] for r in rows]
-    return {"rows": rows, "mean": float(np.mean(accs)), "min": float(np.min(accs)),
-            "gain_over_untrained": float(np.mean(accs) - np.mean([r["untrained"]["accuracy"] for r in rows]))}
+    return summarise(per_seed(solver_one, jobs, runs, cfg, steps), "seeds_top_k")
 
 
 def reward_auroc(candidates: list[Sample], images: dict) -> float | None:
