@@ -5,9 +5,10 @@ study, never by slice), 4 options whose distractors are the test set's own modal
 1. learns:    untrained vs SFT (on template seeds from the training studies) for 3 seeds/splits;
               accuracy by length-normalised option likelihood, strict greedy exact match beside it, and
               the image-blind bound (the best fixed option ordering, computed exactly).
-2. selection: with a finished run's generated candidates (`--run runs/<name>`, scored by its reward
-              model), SFT on the reward-selected samples (the cycle's own rule: tau, top-K, balanced;
-              configs/cpu-tiny.yaml's by default) vs a random subset of the same size, same seeds.
+2. selection: with a finished run's generated candidates (`--run runs/<name>`, or with `--only selection`
+              `--runs`, one run per study split; scored by its reward model), SFT on the reward-selected
+              samples (the cycle's own rule: tau, top-K, balanced; configs/cpu-tiny.yaml's by default) vs a
+              random subset of the same size, same init and seeds, on the run's own split.
 3. solver:    the MedGR² solver as the cycle trains it: with one finished run per study split
               (`--runs`, each made with `--set run.seed=N`), SFT on the template seeds beside that run's
               selection, against the seeds alone and beside a random subset of the same size.
@@ -146,30 +147,59 @@ def summarise(rows: list[dict], trained: str) -> dict:
             "gain_over_untrained": float(np.mean(accs) - np.mean([r["untrained"]["accuracy"] for r in rows]))}
 
 
-def select_one(seed: int, cfg: Config, top: list[Sample], pool: list[Sample], steps: int,
-               with_seeds: bool = False) -> dict:
-    """One seed: SFT a fresh solver on the reward-selected samples and another on a random subset of the
-    same size drawn from the same candidates (with `with_seeds`, each beside the training studies' template
-    seeds, as the cycle's solver trains); both evaluated on the run's held-out test (split seed 0)."""
+@dataclass(frozen=True)
+class SelectionJob:
+    """One training seed on one run's candidates: the unit the selection measurement parallelises."""
+
+    run: Path
+    seed: int
+
+
+def select_one(job: SelectionJob, cfg: Config, steps: int, with_seeds: bool = False) -> dict:
+    """One training seed on one run: SFT a fresh solver on the reward-selected samples and another on a
+    random subset of the same size drawn (with this seed) from the same candidates (with `with_seeds`, each
+    beside the training studies' template seeds, as the cycle's solver trains); same init and seed for
+    both, evaluated on the held-out test of the split the run was made on."""
     torch.set_num_threads(1)
-    split = split_data(cfg, 0)  # the run's own split (seed 0) keeps its test studies unseen
-    test, pixels = split.test, split.pixels
-    base = split.seeds if with_seeds else []
-    rnd = random.Random(seed).sample(pool, len(top))
-    row: dict = {"seed": seed, "random_k_ids": [s.sample_id for s in rnd]}
+    run = load_run(cfg, job.run)
+    top = cycle_selection(cfg, run.candidates)
+    rnd = random.Random(job.seed).sample(run.candidates, len(top))
+    base = run.split.seeds if with_seeds else []
+    row: dict = {"seed": job.seed, "random_k_ids": [s.sample_id for s in rnd]}
     for name, subset in (("top_k", top), ("random_k", rnd)):
-        learner = new_learner(cfg, seed)
-        sft(learner, cfg, base + subset, pixels, steps, seed)
-        row[name] = evaluate(learner, cfg, test, pixels)["accuracy"]
-    print(f"selection seed {seed}: top-K {row['top_k']:.1%} vs random-K {row['random_k']:.1%}", flush=True)
+        learner = new_learner(cfg, job.seed)
+        sft(learner, cfg, base + subset, run.split.pixels, steps, job.seed)
+        row[name] = evaluate(learner, cfg, run.split.test, run.split.pixels)["accuracy"]
+    print(f"selection {job.run} (split {run.split_seed}) seed {job.seed}: top-K {row['top_k']:.1%} vs "
+          f"random-K {row['random_k']:.1%}", flush=True)
     return row
 
 
-def untrained_reference(cfg: Config) -> dict:
+def untrained_reference(cfg: Config, split: Split, seed: int = 0) -> dict:
     """What the selection rows compare against on their test set: the untrained solver and the blind bound."""
-    split = split_data(cfg, 0)
-    ev = evaluate(new_learner(cfg, 0), cfg, split.test, split.pixels)
+    ev = evaluate(new_learner(cfg, seed), cfg, split.test, split.pixels)
     return {"untrained": ev["accuracy"], "blind_bound": ev["blind_bound"]}
+
+
+@dataclass(frozen=True)
+class RunData:
+    """A finished run's study split (from its config) and its scored candidates, all training images."""
+
+    split_seed: int
+    split: Split
+    candidates: list[Sample]
+
+
+def load_run(cfg: Config, run: Path) -> RunData:
+    """The run's split and candidates; refuses a run whose candidates show that split's held-out studies."""
+    split_seed = load_config(run / "config.yaml").run.seed
+    split = split_data(cfg, split_seed)
+    candidates = run_candidates(run)
+    leaked = sorted({s.image_id for s in candidates} - split.train_image_ids)
+    if leaked:  # the run was made with another pool or split: its candidates would show the test studies
+        raise SystemExit(f"{run}: {len(leaked)} candidate images are not training images of split {split_seed} "
+                         f"(e.g. {leaked[0]}); pass runs made with `--set run.seed=N` at this pool")
+    return RunData(split_seed, split, candidates)
 
 
 def run_candidates(run: Path) -> list[Sample]:
@@ -200,23 +230,28 @@ def pool_images(cfg: Config) -> dict:
     return {i.image_id: i for i in load_configured_pool(cfg.data.pool, cfg.data.cache_dir).images}
 
 
-def measure_selection(cfg: Config, run: Path, seeds: list[int], steps: int, jobs: int = 1,
-                      with_seeds: bool = False) -> dict:
-    """Reward-selected vs random samples of one run's generated candidates (modality questions)."""
-    candidates = run_candidates(run)
-    top = cycle_selection(cfg, candidates)
+def measure_selection(cfg: Config, runs: list[Path], seeds: list[int], steps: int, jobs: int = 1,
+                      with_seeds: bool = False) -> list[dict]:
+    """Reward-selected vs random samples of each run's generated candidates (modality questions), every
+    training seed on every run (all pairs in parallel with `jobs`)."""
+    pairs = [SelectionJob(run, seed) for run in runs for seed in seeds]
+    rows = per_seed(select_one, jobs, pairs, cfg, steps, with_seeds)
     images = pool_images(cfg)
-    out = {"candidates": len(candidates), "k": len(top), "with_seeds": with_seeds,
-           "rule": selection_rule(cfg).model_dump(mode="json"), "rows": [],
-           # does R pick faithful samples? (modality answers checked against the image's metadata)
-           "faithful_all": answer_agreement(candidates, images), "faithful_top_k": answer_agreement(top, images),
-           "auroc": reward_auroc(candidates, images)}
-    rows = per_seed(select_one, jobs, seeds, cfg, top, candidates, steps, with_seeds)
-    out.update(untrained_reference(cfg))
-    by_id = {s.sample_id: s for s in candidates}
-    for row in rows:
-        row["faithful_random_k"] = answer_agreement([by_id[i] for i in row.pop("random_k_ids")], images)
-    out["rows"] = rows
+    out = []
+    for run in runs:
+        data = load_run(cfg, run)
+        top = cycle_selection(cfg, data.candidates)
+        entry = {"run": str(run), "split": data.split_seed, "candidates": len(data.candidates), "k": len(top),
+                 "with_seeds": with_seeds, "rule": selection_rule(cfg).model_dump(mode="json"),
+                 # does R pick faithful samples? (modality answers checked against the image's metadata)
+                 "faithful_all": answer_agreement(data.candidates, images),
+                 "faithful_top_k": answer_agreement(top, images), "auroc": reward_auroc(data.candidates, images),
+                 **untrained_reference(cfg, data.split)}
+        by_id = {s.sample_id: s for s in data.candidates}
+        entry["rows"] = [{**{k: v for k, v in row.items() if k != "random_k_ids"},
+                          "faithful_random_k": answer_agreement([by_id[i] for i in row["random_k_ids"]], images)}
+                         for pair, row in zip(pairs, rows, strict=True) if pair.run == run]
+        out.append(entry)
     return out
 
 
@@ -225,14 +260,9 @@ def solver_one(run: Path, cfg: Config, steps: int) -> dict:
     alone, beside a random K of the run's candidates, and beside the cycle's selected K (what the main
     job's solver trains on), all from the same init and seed; `run` was made with this split's seed."""
     torch.set_num_threads(1)
-    split = load_config(run / "config.yaml").run.seed
-    data = split_data(cfg, split)
-    seeds, test, pixels = data.seeds, data.test, data.pixels
-    candidates = run_candidates(run)
-    leaked = sorted({s.image_id for s in candidates} - data.train_image_ids)
-    if leaked:  # the run was made with another split: its candidates would show the test studies
-        raise SystemExit(f"{run}: {len(leaked)} candidate images are not training images of split {split} "
-                         f"(e.g. {leaked[0]}); pass runs made with `--set run.seed=N` at this pool")
+    data = load_run(cfg, run)
+    split, candidates = data.split_seed, data.candidates
+    seeds, test, pixels = data.split.seeds, data.split.test, data.split.pixels
     top = cycle_selection(cfg, candidates)
     rnd = random.Random(split).sample(candidates, len(top))
     images = pool_images(cfg)
@@ -313,6 +343,53 @@ def solver_lines(solver: dict) -> list[str]:
                                    "SFT on seeds + top-K, all splits summed")
 
 
+def selection_lines(entry: dict, heading: bool = False) -> list[str]:
+    """Markdown of one run's selection measurement: top-K vs random K per training seed, R's faithfulness."""
+    lines = [f"\n## {entry['run']} (study split {entry['split']})"] if heading else []
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    lines += ["", f"Selection: {entry['candidates']} scored candidates of one run, K = {entry['k']} "
+                  f"(rule: {json.dumps(entry.get('rule'))}). "
+                  f"Faithful modality answers: all candidates {pct(entry.get('faithful_all'))}, "
+                  f"reward-top-K {pct(entry.get('faithful_top_k'))}; AUROC of R's reward for faithfulness "
+                  f"{entry['auroc'] if entry.get('auroc') is None else round(entry['auroc'], 3)}.", "",
+              "| seed | SFT on reward-top-K | SFT on random K | faithful in random K |", "|---|---|---|---|"]
+    lines += [f"| {r['seed']} | {r['top_k']:.1%} | {r['random_k']:.1%} | {pct(r.get('faithful_random_k'))} |"
+              for r in entry["rows"]]
+    better = all(r["top_k"] > r["random_k"] for r in entry["rows"])
+    lines.append(f"\nGoal: top-K beats random-K on every seed -> {'MET' if better else 'NOT MET'}"
+                 f"{' (each subset beside the template seeds)' if entry.get('with_seeds') else ''}.")
+    if "untrained" in entry:
+        top_mean = float(np.mean([r["top_k"] for r in entry["rows"]]))
+        lines.append(f"For scale, on the same test set: the untrained solver {entry['untrained']:.1%}, the "
+                     f"image-blind bound {entry['blind_bound']:.1%}; top-K mean {top_mean:.1%}"
+                     + (" (no better than the blind bound: the random subset's wrong answers cost accuracy, "
+                        "the selected ones do not yet teach it)" if top_mean <= entry["blind_bound"] else "")
+                     + ".")
+    return lines
+
+
+def selection_summary(entries: list[dict]) -> list[str]:
+    """Across runs (study splits): mean over training seeds of top-K and random K, and the goal."""
+    lines = ["", "## Across study splits", "",
+             "| split | K | faithful top-K / all | top-K (mean over seeds) | random K (mean) | pairs top-K > random |",
+             "|---|---|---|---|---|---|"]
+    wins = 0
+    for e in entries:
+        top, rnd = np.mean([r["top_k"] for r in e["rows"]]), np.mean([r["random_k"] for r in e["rows"]])
+        wins += bool(top > rnd)
+        pairs = sum(r["top_k"] > r["random_k"] for r in e["rows"])
+        lines.append(f"| {e['split']} | {e['k']} | {e['faithful_top_k']:.1%} / {e['faithful_all']:.1%} | {top:.1%} | "
+                     f"{rnd:.1%} | {pairs} of {len(e['rows'])} |")
+    all_rows = [r for e in entries for r in e["rows"]]
+    pairs = sum(r["top_k"] > r["random_k"] for r in all_rows)
+    lines.append(f"\nGoal: SFT on the reward-top-K beats SFT on a random K of the same candidates (same init and "
+                 f"seeds) on every study split, mean over training seeds: {wins} of {len(entries)} splits -> "
+                 f"{'MET' if wins == len(entries) else 'NOT MET'}; {pairs} of {len(all_rows)} (split, seed) pairs; "
+                 f"mean top-K {np.mean([r['top_k'] for r in all_rows]):.1%} vs random "
+                 f"{np.mean([r['random_k'] for r in all_rows]):.1%}.")
+    return lines
+
+
 def markdown(result: dict) -> str:
     """A short table of the learning measurement, with the issue's goals checked honestly."""
     lines = [f"# learns_on_cpu\n\nSettings: {json.dumps(result['settings'])}; machine load at start "
@@ -328,26 +405,11 @@ def markdown(result: dict) -> str:
         lines.append(goal_line("template seeds only", learns))
         lines += confusion_lines([r["sft"].get("confusion", {}) for r in learns["rows"]])
     selection = result.get("selection")
-    if selection:
-        pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
-        lines += ["", f"Selection: {selection['candidates']} scored candidates of one run, K = {selection['k']} "
-                      f"(rule: {json.dumps(selection.get('rule'))}). "
-                      f"Faithful modality answers: all candidates {pct(selection.get('faithful_all'))}, "
-                      f"reward-top-K {pct(selection.get('faithful_top_k'))}; AUROC of R's reward for faithfulness "
-                      f"{selection['auroc'] if selection.get('auroc') is None else round(selection['auroc'], 3)}.", "",
-                  "| seed | SFT on reward-top-K | SFT on random K | faithful in random K |", "|---|---|---|---|"]
-        lines += [f"| {r['seed']} | {r['top_k']:.1%} | {r['random_k']:.1%} | {pct(r.get('faithful_random_k'))} |"
-                  for r in selection["rows"]]
-        better = all(r["top_k"] > r["random_k"] for r in selection["rows"])
-        lines.append(f"\nGoal: top-K beats random-K on every seed -> {'MET' if better else 'NOT MET'}"
-                     f"{' (each subset beside the template seeds)' if selection.get('with_seeds') else ''}.")
-        if "untrained" in selection:
-            top_mean = float(np.mean([r["top_k"] for r in selection["rows"]]))
-            lines.append(f"For scale, on the same test set: the untrained solver {selection['untrained']:.1%}, the "
-                         f"image-blind bound {selection['blind_bound']:.1%}; top-K mean {top_mean:.1%}"
-                         + (" (no better than the blind bound: the random subset's wrong answers cost accuracy, "
-                            "the selected ones do not yet teach it)" if top_mean <= selection["blind_bound"] else "")
-                         + ".")
+    entries = [selection] if isinstance(selection, dict) else selection or []  # one run (older results) or a list
+    for entry in entries:
+        lines += selection_lines(entry, heading=len(entries) > 1)
+    if len(entries) > 1:
+        lines += selection_summary(entries)
     if result.get("solver"):
         lines += solver_lines(result["solver"])
     return "\n".join(lines) + "\n"
@@ -357,7 +419,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--run", type=Path, help="a finished run directory for the selection measurement")
+    parser.add_argument("--run", type=Path, help="a finished run directory for the selection measurement "
+                        "(or, with --only selection, --runs: one per study split, every --seeds on each)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--runs", type=Path, nargs="+", default=[],
                         help="the MedGR² solver: one finished run per study split (each made with its own "
@@ -379,8 +442,10 @@ def main() -> None:
                                                             "runs": [str(r) for r in args.runs]}}
     if args.only in (None, "learns"):
         result["learns"] = measure_learns(cfg, args.seeds, args.steps, args.jobs)
-    if args.run is not None and args.only in (None, "selection"):
-        result["selection"] = measure_selection(cfg, args.run, args.seeds, args.steps, args.jobs,
+    # selection: on --run (one run), or with --only selection on every --runs run (one per study split)
+    selection_runs = [args.run] if args.run is not None else args.runs if args.only == "selection" else []
+    if selection_runs and args.only in (None, "selection"):
+        result["selection"] = measure_selection(cfg, selection_runs, args.seeds, args.steps, args.jobs,
                                                 args.with_seeds)
     if args.runs and args.only in (None, "solver"):
         result["solver"] = measure_solver(cfg, args.runs, args.steps, args.jobs)
