@@ -7,7 +7,7 @@ study, never by slice), 4 options whose distractors are the test set's own modal
               the image-blind bound (the best fixed option ordering, computed exactly).
 2. selection: with a finished run's generated candidates (`--run runs/<name>`, or with `--only selection`
               `--runs`, one run per study split; scored by its reward model), SFT on the reward-selected
-              samples (the cycle's own rule: tau, top-K, balanced; configs/cpu-tiny.yaml's by default) vs a
+              samples (the run's own rule: tau, top-K, balanced, from its config.yaml) vs a
               random subset of the same size, same init and seeds, on the run's own split.
 3. solver:    the MedGR² solver as the cycle trains it: with one finished run per study split
               (`--runs`, each made with `--set run.seed=N`), SFT on the template seeds beside that run's
@@ -52,7 +52,6 @@ from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
 from medgr2_ray.types import Sample, TaskType  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CPU_TINY = Path(__file__).resolve().parent.parent / "configs" / "cpu-tiny.yaml"
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,7 @@ def select_one(job: SelectionJob, cfg: Config, steps: int, with_seeds: bool = Fa
     both, evaluated on the held-out test of the split the run was made on."""
     torch.set_num_threads(1)
     run = load_run(cfg, job.run)
-    top = cycle_selection(cfg, run.candidates)
+    top = cycle_selection(run.rule, run.candidates)
     rnd = random.Random(job.seed).sample(run.candidates, len(top))
     base = run.split.seeds if with_seeds else []
     row: dict = {"seed": job.seed, "random_k_ids": [s.sample_id for s in rnd]}
@@ -188,18 +187,20 @@ class RunData:
     split_seed: int
     split: Split
     candidates: list[Sample]
+    rule: SelectionConfig
 
 
 def load_run(cfg: Config, run: Path) -> RunData:
     """The run's split and candidates; refuses a run whose candidates show that split's held-out studies."""
-    split_seed = load_config(run / "config.yaml").run.seed
+    run_cfg = load_config(run / "config.yaml")
+    split_seed = run_cfg.run.seed
     split = split_data(cfg, split_seed)
     candidates = run_candidates(run)
     leaked = sorted({s.image_id for s in candidates} - split.train_image_ids)
     if leaked:  # the run was made with another pool or split: its candidates would show the test studies
         raise SystemExit(f"{run}: {len(leaked)} candidate images are not training images of split {split_seed} "
                          f"(e.g. {leaked[0]}); pass runs made with `--set run.seed=N` at this pool")
-    return RunData(split_seed, split, candidates)
+    return RunData(split_seed, split, candidates, selection_rule(run_cfg))
 
 
 def run_candidates(run: Path) -> list[Sample]:
@@ -216,13 +217,14 @@ def run_candidates(run: Path) -> list[Sample]:
 
 
 def selection_rule(cfg: Config) -> SelectionConfig:
-    """The cycle's own selection rule (`cfg.selection`: tau, top-K, balanced, near-duplicates out)."""
+    """A run's own selection rule (`cfg.selection`: tau, top-K, balanced, near-duplicates out), by reward
+    even where the run was an ablation."""
     return cfg.selection.model_copy(update={"mode": "reward"})
 
 
-def cycle_selection(cfg: Config, candidates: list[Sample]) -> list[Sample]:
+def cycle_selection(rule: SelectionConfig, candidates: list[Sample]) -> list[Sample]:
     """The samples the cycle's rule keeps of these candidates."""
-    return list(select_samples(candidates, selection_rule(cfg), seed=0).kept)
+    return list(select_samples(candidates, rule, seed=0).kept)
 
 
 def pool_images(cfg: Config) -> dict:
@@ -240,9 +242,9 @@ def measure_selection(cfg: Config, runs: list[Path], seeds: list[int], steps: in
     out = []
     for run in runs:
         data = load_run(cfg, run)
-        top = cycle_selection(cfg, data.candidates)
+        top = cycle_selection(data.rule, data.candidates)
         entry = {"run": str(run), "split": data.split_seed, "candidates": len(data.candidates), "k": len(top),
-                 "with_seeds": with_seeds, "rule": selection_rule(cfg).model_dump(mode="json"),
+                 "with_seeds": with_seeds, "rule": data.rule.model_dump(mode="json"),
                  # does R pick faithful samples? (modality answers checked against the image's metadata)
                  "faithful_all": answer_agreement(data.candidates, images),
                  "faithful_top_k": answer_agreement(top, images), "auroc": reward_auroc(data.candidates, images),
@@ -263,7 +265,7 @@ def solver_one(run: Path, cfg: Config, steps: int) -> dict:
     data = load_run(cfg, run)
     split, candidates = data.split_seed, data.candidates
     seeds, test, pixels = data.split.seeds, data.split.test, data.split.pixels
-    top = cycle_selection(cfg, candidates)
+    top = cycle_selection(data.rule, candidates)
     rnd = random.Random(split).sample(candidates, len(top))
     images = pool_images(cfg)
     row: dict = {"run": str(run), "seed": split, "candidates": len(candidates), "k": len(top),
@@ -432,11 +434,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="result file name (default learns_on_cpu[_ONLY])")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    # The selection measurement's rule is the main job's (configs/cpu-tiny.yaml), read, not restated.
-    rule = load_config(CPU_TINY).selection
+    # The selection measurements apply each run's own rule (its config.yaml's selection), read, not restated.
     cfg = load_config(None, ["learner.schedule=cosine", f"learner.schedule_steps={args.steps}",
-                             "policy.tiny.image_size=112", f"selection.tau={rule.tau}",
-                             f"selection.top_k={rule.top_k}", *args.overrides])
+                             "policy.tiny.image_size=112", *args.overrides])
     result: dict = {"machine": machine(), "settings": {"steps": args.steps, "seeds": args.seeds,
                                                             "overrides": args.overrides,
                                                             "runs": [str(r) for r in args.runs]}}
