@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import random
 import sys
@@ -362,10 +363,15 @@ def selection_lines(entry: dict, heading: bool = False) -> list[str]:
                  f"{' (each subset beside the template seeds)' if entry.get('with_seeds') else ''}.")
     if "untrained" in entry:
         top_mean = float(np.mean([r["top_k"] for r in entry["rows"]]))
+        rnd_mean = float(np.mean([r["random_k"] for r in entry["rows"]]))
+        # Why top-K wins where it stays under the blind bound: random's wrong answers cost accuracy (random
+        # under untrained), or the selected ones teach a little that random does not (random at untrained).
+        why = ("the random subset's wrong answers cost accuracy, the selected ones do not yet teach it"
+               if rnd_mean < entry["untrained"] else
+               f"random K mean {rnd_mean:.1%}: the selected samples teach some recognition, too little to pass it")
         lines.append(f"For scale, on the same test set: the untrained solver {entry['untrained']:.1%}, the "
                      f"image-blind bound {entry['blind_bound']:.1%}; top-K mean {top_mean:.1%}"
-                     + (" (no better than the blind bound: the random subset's wrong answers cost accuracy, "
-                        "the selected ones do not yet teach it)" if top_mean <= entry["blind_bound"] else "")
+                     + (f" (no better than the blind bound: {why})" if top_mean <= entry["blind_bound"] else "")
                      + ".")
     return lines
 
@@ -384,12 +390,26 @@ def selection_summary(entries: list[dict]) -> list[str]:
                      f"{rnd:.1%} | {pairs} of {len(e['rows'])} |")
     all_rows = [r for e in entries for r in e["rows"]]
     pairs = sum(r["top_k"] > r["random_k"] for r in all_rows)
+    diffs = np.array([r["top_k"] - r["random_k"] for r in all_rows])
+    se = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
     lines.append(f"\nGoal: SFT on the reward-top-K beats SFT on a random K of the same candidates (same init and "
                  f"seeds) on every study split, mean over training seeds: {wins} of {len(entries)} splits -> "
                  f"{'MET' if wins == len(entries) else 'NOT MET'}; {pairs} of {len(all_rows)} (split, seed) pairs; "
                  f"mean top-K {np.mean([r['top_k'] for r in all_rows]):.1%} vs random "
                  f"{np.mean([r['random_k'] for r in all_rows]):.1%}.")
+    lines.append(f"Paired difference (top-K - random K, same split, init and seed): mean {100 * diffs.mean():+.1f} "
+                 f"points, standard error {100 * se:.1f}; sign test over the pairs (ties dropped) two-sided p = "
+                 f"{sign_test(int((diffs > 0).sum()), int((diffs < 0).sum())):.3f}.")
     return lines
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: P(a split at least this uneven) under 'either arm wins a pair at 1/2'."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(max(wins, losses), n + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def markdown(result: dict) -> str:
