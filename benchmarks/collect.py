@@ -10,7 +10,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ("weight_sync", "async_vs_sync", "orchestration_overhead", "vs_trl", "engine_throughput",
-         "learns_on_cpu_learns", "learns_on_cpu_selection", "learns_on_cpu_selection_with_seeds", "grpo_vs_sft")
+         "learns_on_cpu_learns", "learns_on_cpu_selection_splits", "learns_on_cpu_selection_splits_with_seeds",
+         "learns_on_cpu_solver", "grpo_vs_sft")  # the seed pool v2 selection pages stay in results/, labelled v2
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
