@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
                                                "async_step_s")] + [f"{lim['limit']:.2f}x"]])
     report.table(f"Ray loop, {shape.steps} timed steps x {shape.prompts_per_step} prompts x {shape.group_size} "
                  f"completions of {shape.max_new_tokens} tokens", ["mode", "samples/s", "s/step", "staleness of trained groups"],
-                 [[f"sync (max_staleness=0)", common.summarize(sync_sps).fmt(),
+                 [["sync (max_staleness=0)", common.summarize(sync_sps).fmt(),
                    common.summarize([r.step_s for r in runs[0]]).fmt(), _hist(runs[0])],
                   [f"async (max_staleness={ASYNC_STALENESS})", common.summarize(async_sps).fmt(),
                    common.summarize([r.step_s for r in runs[ASYNC_STALENESS]]).fmt(), _hist(runs[ASYNC_STALENESS])],

@@ -46,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets the offline/one-thread environment before torch is imported)
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from medgr2_ray.config import EngineConfig, GRPOConfig, LearnerConfig, ModelConfig  # noqa: E402
 from medgr2_ray.engines.hf import HFEngine  # noqa: E402

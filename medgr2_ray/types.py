@@ -80,6 +80,8 @@ class Provenance:
     reward: float | None = None  # reward-model score in [-6, 10]
     selected: bool | None = None  # the selection decision, once made
     parent_id: str | None = None  # the sample this one was derived from (perturbations)
+    rm_version: int = -1  # reward-model weight version that gave `reward`; -1 when unscored
+    reason: str | None = None  # why selection rejected it (a selection reason), None when kept or undecided
 
 
 @dataclass(frozen=True)

@@ -12,64 +12,24 @@ re-issued request can never be trained twice. `save`/`load` persist it (JSON + s
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 from medgr2_ray.actors.persist import load_messages, save_messages
 from medgr2_ray.metrics import BUFFER_DEPTH, GROUPS_DROPPED_STALE, Metrics
 from medgr2_ray.types import ScoredGroup, TrainBatch
+from medgr2_ray.messages import BufferSnapshot, BufferStats, PutReceipt, TakeResult
 
 
 class BufferFull(RuntimeError):
     """A put would exceed the buffer's capacity (the producer ignored back-pressure)."""
 
 
-@dataclass(frozen=True)
-class BufferSnapshot:
-    """The versions of every buffered group after operation number `seq` (oldest first).
-
-    Every put and take returns one; the controller keeps the one with the highest `seq`, so replies
-    that arrive out of order can never roll its view of the buffer back."""
-
-    seq: int
-    versions: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class PutReceipt:
-    """What a `put` did: the versions of the accepted groups and the ids refused as duplicates."""
-
-    accepted_versions: tuple[int, ...]
-    duplicate_ids: tuple[str, ...]
-    depth: int
-    snapshot: "BufferSnapshot"
 
 
-@dataclass(frozen=True)
-class BufferStats:
-    """Counters since the run started (restored on resume) and the current contents by version."""
-
-    capacity: int
-    depth: int
-    versions: tuple[int, ...]  # weight version of each buffered group, oldest first
-    accepted: int
-    taken: int
-    dropped_stale: int
-    duplicates: int
 
 
-@dataclass(frozen=True)
-class TakeResult:
-    """A batch for the learner plus the ids of groups dropped as too stale while taking it."""
-
-    batch: TrainBatch
-    dropped_stale_ids: tuple[str, ...]
-    snapshot: BufferSnapshot
-
-    @property
-    def group_ids(self) -> tuple[str, ...]:
-        """Ids of the groups in the batch."""
-        return tuple(g.group_id for g in self.batch.groups)
 
 
 class RolloutBuffer:

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import ray
+from medgr2_ray.messages import ActorInfo
 
 
-@dataclass(frozen=True)
-class ActorInfo:
-    """Identity of a live actor: its Ray name, process, node, and the weight version it holds."""
-
-    name: str
-    pid: int
-    node_id: str
-    weight_version: int
-    restarted: bool  # True after Ray restarted this actor (max_restarts)
 
 
 def actor_info(weight_version: int) -> ActorInfo:

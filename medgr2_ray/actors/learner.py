@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,36 +21,16 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from medgr2_ray.actors.buffer import BufferSnapshot, TakeResult
-from medgr2_ray.actors.info import ActorInfo, actor_info, limit_threads
+from medgr2_ray.actors.info import actor_info, limit_threads
 from medgr2_ray.config import GRPOConfig, LearnerConfig, ModelConfig
 from medgr2_ray.metrics import LEARNER_STEP_S, LEARNER_VERSION, REWARD_MEAN, SAMPLES_TRAINED, STALENESS, Metrics
 from medgr2_ray.sync.weights import publish_weights
 from medgr2_ray.types import SFTExample, WeightVersion
+from medgr2_ray.messages import ActorInfo, Rendezvous, StepReport, TakeResult
 
 
-@dataclass(frozen=True)
-class Rendezvous:
-    """Where rank 0 listens for the torch.distributed rendezvous."""
-
-    host: str
-    port: int
 
 
-@dataclass(frozen=True)
-class StepReport:
-    """What one rank's GRPO step did. Only rank 0's carries `weights` (the newly published version)."""
-
-    rank: int
-    learner_version: int  # the version the batch was trained at (before the update)
-    version: int  # the version after the update (== learner_version when the step was skipped)
-    group_ids: tuple[str, ...]  # the groups this rank trained on
-    group_versions: tuple[int, ...]  # their weight versions
-    dropped_stale_ids: tuple[str, ...]  # dropped by the buffer while taking this batch
-    metrics: dict[str, float]
-    seconds: float
-    weights: WeightVersion | None = None
-    buffer_snapshot: BufferSnapshot | None = None  # the buffer right after this batch was taken
 
 
 class LearnerActor:

@@ -7,40 +7,13 @@ this actor by name in the run's namespace.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from medgr2_ray.messages import LoopStatus
 
 MONITOR_NAME = "LoopMonitor"
 
 
-@dataclass(frozen=True)
-class PoolStatus:
-    """One actor pool: members, how many are started, calls in flight."""
-
-    name: str
-    members: int
-    ready: int
-    in_flight: int
-    weight_versions: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class LoopStatus:
-    """The live state of the asynchronous loop."""
-
-    run: str
-    step: int
-    steps: int
-    version: int
-    buffer_depth: int
-    buffer_capacity: int
-    in_flight_groups: int
-    groups_trained: int
-    groups_dropped_stale: int
-    requests_reissued: int
-    reward_mean: float
-    samples_per_s: float
-    seconds: float
-    pools: tuple[PoolStatus, ...] = field(default_factory=tuple)
 
 
 class LoopMonitor:

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medgr2_ray.actors.info import ActorInfo, actor_info, limit_threads
+from medgr2_ray.actors.info import actor_info, limit_threads
+from medgr2_ray.messages import ActorInfo
 from medgr2_ray.config import LearnerConfig, ModelConfig
 from medgr2_ray.metrics import Metrics
 from medgr2_ray.sync.weights import publish_weights

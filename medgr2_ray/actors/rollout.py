@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from medgr2_ray.actors.info import ActorInfo, actor_info, limit_threads
+from medgr2_ray.actors.info import actor_info, limit_threads
+from medgr2_ray.messages import ActorInfo
 from medgr2_ray.config import EngineConfig, ModelConfig
 from medgr2_ray.metrics import SAMPLES_GENERATED, TOKENS_GENERATED, TOKENS_PER_S, WEIGHT_VERSION, Metrics
 from medgr2_ray.sync.weights import fetch_weights

@@ -17,7 +17,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from medgr2_ray.actors.info import ActorInfo, actor_info, limit_threads
+from medgr2_ray.actors.info import actor_info, limit_threads
+from medgr2_ray.messages import ActorInfo
 from medgr2_ray.algo.rewards import accuracy_reward, extract_answer, normalize_rm_score
 from medgr2_ray.config import LearnerConfig, LoraConfig, ModelConfig, RewardConfig
 from medgr2_ray.metrics import REWARD_MEAN, SAMPLES_SCORED, WEIGHT_VERSION, Metrics

@@ -126,7 +126,8 @@ def select_samples(samples: Sequence[Sample], cfg: SelectionConfig, seed: int) -
     rejected += [Rejection(s, "over_top_k", f"top_k={cfg.top_k}") for s in over]
     kept = tuple(s.with_provenance(selected=True) for s in chosen)
     result = SelectionResult(kept=kept, rejected=tuple(
-        Rejection(r.sample.with_provenance(selected=False), r.reason, r.detail) for r in rejected))
+        Rejection(r.sample.with_provenance(selected=False, reason=r.reason), r.reason, r.detail)
+        for r in rejected))
     # The invariant that makes selection auditable: every input is accounted for exactly once.
     assert len(result.kept) + len(result.rejected) == len(samples)
     return result

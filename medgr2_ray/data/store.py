@@ -232,6 +232,7 @@ def sample_to_dict(sample: Sample) -> dict[str, Any]:
             "producer": prov.producer, "model_version": prov.model_version, "round": prov.round,
             "prompt_strategy": prov.prompt_strategy.value if prov.prompt_strategy else None,
             "reward": prov.reward, "selected": prov.selected, "parent_id": prov.parent_id,
+            "rm_version": prov.rm_version, "reason": prov.reason,
         },
     }
 
@@ -257,7 +258,7 @@ def _provenance_from_dict(raw: Any, where: str) -> Provenance:
         prompt_strategy=None if strategy is None else _enum(PromptStrategy, strategy, where,
                                                             "provenance.prompt_strategy"),
         reward=None if reward is None else float(reward), selected=raw.get("selected"),
-        parent_id=raw.get("parent_id"),
+        parent_id=raw.get("parent_id"), rm_version=int(raw.get("rm_version", -1)), reason=raw.get("reason"),
     )
 
 

@@ -34,14 +34,12 @@ from typing import Any
 import numpy as np
 import ray
 
-from medgr2_ray.actors.buffer import BufferSnapshot, PutReceipt
-from medgr2_ray.actors.learner import StepReport
-from medgr2_ray.actors.monitor import LoopStatus, PoolStatus
 from medgr2_ray.actors.persist import load_messages, save_messages
 from medgr2_ray.actors.pool import Member
 from medgr2_ray.actors.system import ActorSystem
 from medgr2_ray.config import Config
 from medgr2_ray.loop.autoscale import PoolAutoscaler, ScaleSignals
+from medgr2_ray.messages import BufferSnapshot, LoopStatus, PoolStatus, PutReceipt, StepReport
 from medgr2_ray.metrics import LEARNER_WAIT_S, REQUESTS_REISSUED, Metrics, RunLog
 from medgr2_ray.types import GenerationRequest, SamplingParams, WeightVersion
 

@@ -178,7 +178,8 @@ class CoEvolution:
         scored = [s.with_provenance(reward=float(r)) for s, r in zip(parsed.samples, scores)]
         selection = select_samples(scored, self.cfg.selection, self.cfg.run.seed + k)
         kept_ids = {s.sample_id for s in selection.kept}
-        decided = [s.with_provenance(selected=s.sample_id in kept_ids) for s in scored]
+        reasons = {r.sample.sample_id: r.reason for r in selection.rejected}
+        decided = [s.with_provenance(selected=s.sample_id in kept_ids, reason=reasons.get(s.sample_id)) for s in scored]
         self._record(k, rollouts, parsed, decided, selection)
         self.state.kept.extend(selection.kept)
         pending = None
