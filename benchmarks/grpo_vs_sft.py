@@ -33,8 +33,8 @@ from medgr2_ray.algo.rewards import extract_answer  # noqa: E402
 from medgr2_ray.config import Config, load_config  # noqa: E402
 from medgr2_ray.engines.hf import HFEngine  # noqa: E402
 from medgr2_ray.learner.policy import PolicyLearner  # noqa: E402
-from medgr2_ray.loop.solver_sft import balanced_weights, batch_indices  # noqa: E402
-from medgr2_ray.loop.stages import solver_requests  # noqa: E402
+from medgr2_ray.algo.batches import balanced_weights, batch_indices  # noqa: E402
+from medgr2_ray.algo.requests import solver_requests  # noqa: E402
 from medgr2_ray.types import Sample, SamplingParams, ScoredGroup  # noqa: E402
 
 

@@ -44,11 +44,11 @@ from medgr2_ray.algo.selection import select_samples  # noqa: E402
 from medgr2_ray.data.store import read_samples  # noqa: E402
 from medgr2_ray.data.seedpool import load_configured_pool  # noqa: E402
 from medgr2_ray.eval.protocols import accuracy_table, answer_agreement  # noqa: E402
-from medgr2_ray.loop.cycle import prepare_data  # noqa: E402
+from medgr2_ray.eval.rundata import prepare_data  # noqa: E402
 from medgr2_ray.learner.policy import PolicyLearner  # noqa: E402
-from medgr2_ray.loop.solver_sft import balanced_weights, batch_indices  # noqa: E402
-from medgr2_ray.loop.transfer import predict  # noqa: E402
-from medgr2_ray.loop.stages import solver_sft_examples  # noqa: E402
+from medgr2_ray.algo.batches import balanced_weights, batch_indices  # noqa: E402
+from medgr2_ray.learner.solver import predict  # noqa: E402
+from medgr2_ray.algo.requests import solver_sft_examples  # noqa: E402
 from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
 from medgr2_ray.types import Sample, TaskType  # noqa: E402
 

@@ -92,7 +92,8 @@ def _transfer(args: argparse.Namespace) -> int:
     from medgr2_ray.config import load_config
     from medgr2_ray.eval.report import build_report
     from medgr2_ray.eval.transfer import markdown
-    from medgr2_ray.loop.cycle import prepare_data, with_absolute_paths
+    from medgr2_ray.eval.rundata import prepare_data
+    from medgr2_ray.loop.cycle import with_absolute_paths
     from medgr2_ray.loop.runtime import init_ray
     from medgr2_ray.loop.transfer import run_transfer
     from medgr2_ray.models.tiny import ensure_model_dir

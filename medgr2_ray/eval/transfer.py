@@ -45,11 +45,13 @@ import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
 
 from medgr2_ray.config import Config
+from medgr2_ray.data.images import ImageLookup
 from medgr2_ray.eval.protocols import balanced_modality_test, blind_bound, modality_question
 from medgr2_ray.types import MedImage, Modality, Sample, TaskType
 
@@ -309,3 +311,16 @@ def _task_tables(matrix: TransferMatrix) -> list[str]:
             out.append(f"| {r} | " + " | ".join(vals) + " |")
     return out
 
+
+def run_row(cfg: Config, model_dir: str | Path, protocol: str, row: str, train: Sequence[Sample],
+            test: Sequence[Sample], lookup: ImageLookup, steps: int, greedy: bool) -> RowResult:
+    """Fine-tune a fresh solver on `train` (no steps for the untrained baseline: empty `train`) and
+    score it on every held-out question, grouped into the protocol's columns."""
+    from medgr2_ray.learner.solver import new_solver, predict, sft_solver
+
+    learner = new_solver(cfg, model_dir, steps)
+    losses = sft_solver(learner, train, lookup, steps, cfg.solver.sft_batch_size, cfg.run.seed,
+                        cfg.solver.augment, cfg.solver.augmentation) if train else []
+    likely, greedy_picks = predict(learner, cfg, test, lookup, greedy)
+    final = float(np.nanmean(losses[-10:])) if losses else float("nan")
+    return RowResult(row, len(train), len(losses), final, cells_by_group(protocol, test, likely, greedy_picks))

@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from medgr2_ray.config import Config, ModelConfig, dump_config
-from medgr2_ray.data.seedpool import load_configured_pool
-from medgr2_ray.data.split import split_by_study
-from medgr2_ray.data.store import ImagePool, write_samples
-from medgr2_ray.data.templates import make_template_samples
-from medgr2_ray.eval.protocols import EvalResult, balanced_modality_test, modality_question
+from medgr2_ray.data.images import ImageCache
+from medgr2_ray.data.store import write_samples
+from medgr2_ray.eval.protocols import EvalResult
 from medgr2_ray.eval.report import build_report
 from medgr2_ray.loop.evaluation import evaluate_solver
 from medgr2_ray.loop.round_state import (check_resumable, clear_final, completed_data, completed_rounds,
@@ -35,20 +31,10 @@ from medgr2_ray.loop.round_state import (check_resumable, clear_final, completed
 from medgr2_ray.loop.rounds import CoEvolution, Progress
 from medgr2_ray.loop.solver_sft import REPORT_EVERY, run_solver_sft
 from medgr2_ray.loop.transfer import run_configured_transfers
+from medgr2_ray.eval.rundata import CycleData, prepare_data
 from medgr2_ray.metrics import RunLog
 from medgr2_ray.models.tiny import ensure_model_dir
-from medgr2_ray.types import MedImage, Modality, Sample, TaskType
-
-
-@dataclass(frozen=True)
-class CycleData:
-    """The images and samples a run works on."""
-
-    pool: ImagePool
-    train: list[MedImage]
-    test: list[MedImage]
-    seeds: list[Sample]
-    test_samples: list[Sample]
+from medgr2_ray.types import Sample
 
 
 @dataclass(frozen=True)
@@ -59,38 +45,6 @@ class CycleResult:
     evals: dict[str, EvalResult]
     report: Path
     seconds: float
-
-
-def prepare_data(cfg: Config) -> CycleData:
-    """Pool, study split, seeds (modality questions over the pool's modalities + anatomy templates),
-    and the modality-balanced held-out test set."""
-    pool = load_configured_pool(cfg.data.pool, cfg.data.cache_dir)
-    train, test = split_by_study(pool.images, cfg.data.test_fraction, cfg.run.seed)
-    modalities = sorted({i.modality for i in pool.images if i.modality != Modality.OTHER}, key=lambda m: m.value)
-    seeds = [q for image in train for k in range(cfg.cycle.seeds_per_image)
-             if (q := modality_question(image, modalities, cfg.run.seed, k)) is not None]
-    if TaskType.ANATOMY.value in cfg.cycle.tasks:
-        seeds += make_template_samples(train, cfg.run.seed, tasks=[TaskType.ANATOMY], per_image=cfg.cycle.seeds_per_image,
-                                       inline_options=False)
-    # Test distractors come from the test set's own modalities: no option is wrong a priori, so an
-    # image-blind ordering stays near chance (the reported blind bound says how near).
-    test_modalities = sorted({i.modality for i in test if i.modality != Modality.OTHER}, key=lambda m: m.value)
-    test_samples = balanced_modality_test(
-        test, lambda image, k: modality_question(image, test_modalities, cfg.run.seed + 1, k),
-        cfg.solver.eval_per_modality, cfg.run.seed)
-    return CycleData(pool, train, test, seeds, test_samples)
-
-
-def _pixels(pool: ImagePool) -> Callable[[str], np.ndarray]:
-    cache: dict[str, np.ndarray] = {}
-    by_id = {i.image_id: i for i in pool.images}
-
-    def lookup(image_id: str) -> np.ndarray:
-        if image_id not in cache:
-            cache[image_id] = pool.read_rgb(by_id[image_id])
-        return cache[image_id]
-
-    return lookup
 
 
 def with_absolute_paths(cfg: Config) -> Config:
@@ -144,7 +98,7 @@ def run_rounds(cfg: Config, data: CycleData, run_dir: Path, log: RunLog, progres
     cache = cfg.data.cache_dir
     evo = CoEvolution(cfg, ensure_model_dir(cfg.generator, cache, cfg.run.seed, "generator"),
                       ensure_model_dir(cfg.reward_model, cache, cfg.run.seed, "reward"),
-                      {i.image_id: i for i in data.pool.images}, _pixels(data.pool), run_dir, log, progress)
+                      {i.image_id: i for i in data.pool.images}, ImageCache.of_images(data.pool.images, data.pool.root), run_dir, log, progress)
     try:
         if done:
             evo.restore(done)
@@ -204,7 +158,7 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleRes
         evals["after_sft"] = evaluate_solver(cfg, sft.model_dir, data.test_samples, run_dir, "1_after_sft")
         final = sft.model_dir
         if cfg.solver.grpo and cfg.grpo.steps > 0:
-            final = run_grpo(cfg, sft.model_dir, rm_dir, train_set, _pixels(data.pool), run_dir, progress, resume)
+            final = run_grpo(cfg, sft.model_dir, rm_dir, train_set, ImageCache.of_images(data.pool.images, data.pool.root), run_dir, progress, resume)
             evals["after_grpo"] = evaluate_solver(cfg, final, data.test_samples, run_dir, "2_after_grpo")
         evals.update(_external_tests(cfg, final, run_dir))
         run_configured_transfers(cfg, data, run_dir, progress)  # Med-R1 protocols, if eval.transfer_protocols

@@ -23,17 +23,16 @@ def _evaluate(cfg_json: dict[str, Any], model_dir: str, samples: list[dict[str, 
     import torch
 
     from medgr2_ray.algo.rewards import extract_answer
-    from medgr2_ray.data.store import read_rgb, sample_from_dict
+    from medgr2_ray.data.images import ImageCache
+    from medgr2_ray.data.store import sample_from_dict
     from medgr2_ray.engines.hf import HFEngine
     from medgr2_ray.learner.policy import PolicyLearner
-    from medgr2_ray.loop.stages import solver_requests
+    from medgr2_ray.algo.requests import solver_requests
 
     cfg = Config.model_validate(cfg_json)
     torch.set_num_threads(cfg.run.torch_threads)
     test = [sample_from_dict(s) for s in samples]
-    paths = {s.image_id: s.image_path for s in test}
-    pixels = {i: read_rgb(p) for i, p in paths.items()}
-    requests = solver_requests(test, pixels.__getitem__)
+    requests = solver_requests(test, ImageCache.of_samples(test))
     learner = PolicyLearner(model_dir, cfg.policy.model_copy(update={"lora": cfg.policy.lora.model_copy(
         update={"enabled": False})}), cfg.learner, cfg.grpo, cfg.run.seed)
     likelihood = accuracy_table(test, choose_by_likelihood(learner, test, requests))

@@ -17,7 +17,7 @@ from medgr2_ray.actors.system import ActorSystem
 from medgr2_ray.config import Config
 from medgr2_ray.loop.controller import Controller
 from medgr2_ray.loop.rounds import Progress
-from medgr2_ray.loop.stages import solver_requests
+from medgr2_ray.algo.requests import solver_requests
 from medgr2_ray.types import Sample
 
 

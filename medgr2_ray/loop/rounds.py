@@ -38,7 +38,7 @@ from medgr2_ray.checkpoint import commit_directory, load_json, staging_directory
 from medgr2_ray.config import Config
 from medgr2_ray.data.store import write_samples
 from medgr2_ray.eval.protocols import answer_agreement
-from medgr2_ray.loop.stages import (generator_requests, generator_sft_examples, parse_candidates, reward_examples,
+from medgr2_ray.algo.requests import (generator_requests, generator_sft_examples, parse_candidates, reward_examples,
                                     reward_request)
 from medgr2_ray.loop.round_state import (KEEP_CHECKPOINTS, IncompatibleRunError, RoundRecord, completed_data,
                                          prune_checkpoints, round_checkpoint, round_dir, write_done)

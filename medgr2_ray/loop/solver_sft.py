@@ -13,15 +13,14 @@ same batches as an uninterrupted one. Images are augmented per (seed, step, rank
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medgr2_ray.algo.batches import balanced_weights, batch_indices
 from medgr2_ray.config import Config
 
 STATE_DIR = "learner"  # inside a Ray Train checkpoint
@@ -41,29 +40,15 @@ class SFTRunResult:
     losses: tuple[float, ...]
 
 
-def balanced_weights(modalities: Sequence[str]) -> list[float]:
-    """Sampling weights that give every modality the same share of the batches (the pool is dominated
-    by a few large studies; unweighted sampling teaches the solver a modality prior, not the images)."""
-    counts = Counter(modalities)
-    raw = [1.0 / counts[m] for m in modalities]
-    total = sum(raw)
-    return [w / total for w in raw]
-
-
-def batch_indices(weights: Sequence[float], batch: int, seed: int, step: int) -> list[int]:
-    """The global batch of one step: depends only on (seed, step), so a resumed run draws the same."""
-    rng = random.Random(f"{seed}|sft|{step}")
-    return rng.choices(range(len(weights)), weights=weights, k=batch)
-
-
 def _train_loop(config: dict[str, Any]) -> None:  # runs inside each Ray Train worker
     import numpy as np
     import ray.train
     import torch
 
-    from medgr2_ray.data.store import read_rgb, sample_from_dict
+    from medgr2_ray.data.images import ImageCache
+    from medgr2_ray.data.store import sample_from_dict
     from medgr2_ray.learner.policy import PolicyLearner
-    from medgr2_ray.loop.stages import solver_sft_examples
+    from medgr2_ray.algo.requests import solver_sft_examples
 
     torch.set_num_threads(config["threads"])
     cfg = Config.model_validate(config["cfg"])
@@ -72,13 +57,7 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs inside each Ray Train w
     learner = PolicyLearner(config["model_dir"], cfg.policy, cfg.learner, cfg.grpo, cfg.run.seed, rank, world)
     samples = [sample_from_dict(d) for d in config["samples"]]
     weights = balanced_weights([s.modality.value for s in samples])
-    paths = {s.image_id: s.image_path for s in samples}
-    cache: dict[str, np.ndarray] = {}
-
-    def lookup(image_id: str) -> np.ndarray:
-        if image_id not in cache:
-            cache[image_id] = read_rgb(paths[image_id])
-        return cache[image_id]
+    lookup = ImageCache.of_samples(samples)
 
     step = 0
     restored = ray.train.get_checkpoint()

@@ -16,7 +16,8 @@ import torch
 from medgr2_ray.config import Config, ConfigError, EvalConfig, load_config
 from medgr2_ray.data.vocab import display_name
 from medgr2_ray.eval.transfer import PROTOCOLS, TransferMatrix, check_protocol, group_of, spec_from_config
-from medgr2_ray.loop.cycle import CycleData, prepare_data, with_absolute_paths
+from medgr2_ray.eval.rundata import CycleData, prepare_data
+from medgr2_ray.loop.cycle import with_absolute_paths
 from medgr2_ray.types import TaskType
 
 torch.set_num_threads(1)

@@ -53,7 +53,8 @@ class RoundsRun:
 
 
 def _run_rounds(cfg: Config, resume: bool) -> RoundsRun:
-    from medgr2_ray.loop.cycle import prepare_data, run_rounds, with_absolute_paths
+    from medgr2_ray.eval.rundata import prepare_data
+    from medgr2_ray.loop.cycle import run_rounds, with_absolute_paths
     from medgr2_ray.metrics import RunLog
 
     cfg = with_absolute_paths(cfg)
@@ -140,7 +141,9 @@ def test_resumed_round_equals_the_uninterrupted_one(resumed: Resumed, straight: 
 
 
 def test_restore_reloads_exactly_the_saved_weights_and_kept_samples(resumed: Resumed, tiny_cache: Path) -> None:
-    from medgr2_ray.loop.cycle import _pixels, prepare_data, with_absolute_paths
+    from medgr2_ray.data.images import ImageCache
+    from medgr2_ray.eval.rundata import prepare_data
+    from medgr2_ray.loop.cycle import with_absolute_paths
     from medgr2_ray.loop.rounds import CoEvolution
     from medgr2_ray.metrics import RunLog
     from medgr2_ray.models.tiny import ensure_model_dir
@@ -153,7 +156,7 @@ def test_restore_reloads_exactly_the_saved_weights_and_kept_samples(resumed: Res
     with RunLog(resumed.run_dir, tensorboard=False) as log:
         evo = CoEvolution(cfg, ensure_model_dir(cfg.generator, cfg.data.cache_dir, 0, "generator"),
                           ensure_model_dir(cfg.reward_model, cfg.data.cache_dir, 0, "reward"),
-                          {i.image_id: i for i in data.pool.images}, _pixels(data.pool), resumed.run_dir, log,
+                          {i.image_id: i for i in data.pool.images}, ImageCache.of_images(data.pool.images, data.pool.root), resumed.run_dir, log,
                           lambda *_: None)
         try:
             fresh_g = _as_tensors(evo.g_learner.weights_numpy())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,11 +22,11 @@ import numpy as np
 from medgr2_ray.algo.perturb import GradedSample
 from medgr2_ray.config import AugmentConfig
 from medgr2_ray.data.augment import augment_image
+from medgr2_ray.data.images import ImageLookup
 from medgr2_ray.prompts import ParseFailure, generator_prompt, parse_generated, render_sample, reward_prompt, solver_prompt
 from medgr2_ray.types import (GenerationRequest, MedImage, PromptStrategy, Provenance, RewardExample, Rollout, Sample,
                               SFTExample, TaskType)
 
-ImageLookup = Callable[[str], np.ndarray]  # image_id -> RGB uint8
 
 
 @dataclass(frozen=True)

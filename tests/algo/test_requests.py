@@ -7,7 +7,7 @@ import numpy as np
 
 from medgr2_ray.algo.perturb import build_graded_samples
 from medgr2_ray.config import AugmentConfig, GradedDataConfig
-from medgr2_ray.loop.stages import (generator_requests, generator_sft_examples, parse_candidates, reward_examples,
+from medgr2_ray.algo.requests import (generator_requests, generator_sft_examples, parse_candidates, reward_examples,
                                     solver_sft_examples)
 from medgr2_ray.prompts import render_sample
 from medgr2_ray.types import MedImage, Modality, PromptStrategy, Rollout, Sample, TaskType
