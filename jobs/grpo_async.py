@@ -51,13 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     reward_dir = ensure_model_dir(cfg.reward_model, cfg.data.cache_dir, cfg.run.seed, "reward") if cfg.reward.alpha > 0 else None
     pool = load_configured_pool(cfg.data.pool, cfg.data.cache_dir)
     samples = make_template_samples(pool.images, cfg.run.seed)
-    by_id = {image.image_id: image for image in pool.images}
 
     def progress(stage: str, done: int, total: int) -> None:
         print(f"[{stage}] {done}/{total}", flush=True)
 
-    final = run_grpo(cfg, policy_dir, reward_dir, samples, lambda i: pool.read_rgb(by_id[i]), run_dir, progress,
-                     resume=args.resume)
+    final = run_grpo(cfg, policy_dir, reward_dir, samples, pool, run_dir, progress, resume=args.resume)
     print(json.dumps({"run_dir": str(run_dir), "policy": str(final), "steps": cfg.grpo.steps,
                       "samples": len(samples), "seconds": round(time.perf_counter() - start, 1)}))
     return 0

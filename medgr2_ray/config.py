@@ -155,6 +155,11 @@ class LearnerConfig(_Section):
     """Gradient clipping norm."""
     micro_batch_size: int = Field(8, ge=1)
     """Sequences per forward/backward; gradients accumulate over micro-batches."""
+    checkpoint_every: int = Field(50, ge=0)
+    """Steps (work items) between a learner's Ray Train checkpoints: a worker group that dies is restarted
+    from the last one and redoes at most this many steps. 0: never (a dead learner then fails the run)."""
+    max_failures: int = Field(3, ge=0)
+    """How often Ray Train may restart a learner's dead worker group before the run fails."""
 
 
 class GRPOConfig(_Section):
@@ -261,10 +266,31 @@ class LoopConfig(_Section):
 
 
 class CycleConfig(_Section):
-    """MedGR² rounds: the generator and the reward model co-evolve (round 0 bootstraps them from seeds)."""
+    """MedGR²'s co-evolution: the generator and the reward model improve each other (both bootstrap from
+    the template seeds first) while the data they keep trains the solver."""
 
+    mode: Literal["continuous", "rounds"] = "continuous"
+    """`continuous`: the flywheel — generation, scoring, selection and all three learners run at once, G
+    and R publish every `publish_every` steps, the solver's SFT trains on the kept stream as it grows.
+    `rounds`: the paper's algorithm — generate a round, select, refresh R and fine-tune G, repeat
+    `rounds` times, then train the solver (the same actors, with barriers between the stages)."""
     rounds: int = Field(2, ge=0)
-    """Generation rounds after the round-0 bootstrap (the paper ran 3)."""
+    """Rounds mode: generation rounds after the round-0 bootstrap (the paper ran 3)."""
+    publish_every: int = Field(10, ge=1)
+    """Continuous mode: G and R publish new weights to the generator and scorer pools every N steps."""
+    generator_steps_per_kept: float = Field(0.8, ge=0.0)
+    """Continuous mode: G's fine-tuning steps granted per newly kept sample (rounds: generator_rft_steps
+    per round of images_per_round images)."""
+    rm_steps_per_kept: float = Field(0.8, ge=0.0)
+    """Continuous mode: R's refresh steps granted per newly kept sample."""
+    seed_share: float = Field(0.5, ge=0.0, le=1.0)
+    """Continuous mode: share of G's and R's refresh batches drawn from the seeds (the rest from the kept
+    stream), so G does not drift onto its own mistakes."""
+    generator_staleness: int = Field(1, ge=0)
+    """Most G versions a candidate may lag the newest published G when it reaches selection (older ones
+    are rejected as `stale_generator` and counted)."""
+    reward_staleness: int = Field(1, ge=0)
+    """Most R versions a score may lag the newest published R when it reaches selection (`stale_reward`)."""
     images_per_round: int = Field(48, ge=1)
     """Training-split images the generator writes about in each round."""
     tasks: list[Literal["Modality Recognition", "Anatomy Identification", "Disease Diagnosis", "Lesion Grading",

@@ -7,9 +7,11 @@ holds the control messages built from it. No Ray here: a message is plain data.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+from typing import Any
 
-from medgr2_ray.types import TrainBatch, WeightVersion
+from medgr2_ray.types import Sample, TrainBatch, WeightVersion
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class PutReceipt:
     duplicate_ids: tuple[str, ...]
     depth: int
     snapshot: "BufferSnapshot"
+    uniform_ids: tuple[str, ...] = ()  # refused by dynamic sampling: every reward equal, no signal
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,16 @@ class StepReport:
 
 
 @dataclass(frozen=True)
+class Span:
+    """An actor was busy with `kind` from `start` to `end` (wall-clock seconds): one bar of the timeline."""
+
+    actor: str
+    kind: str  # "generate", "score", "select", "train_generator", "train_reward", "train_policy_sft", ...
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
 class PoolStatus:
     """One actor pool: members, how many are started, calls in flight."""
 
@@ -124,3 +137,216 @@ class LoopStatus:
     samples_per_s: float
     seconds: float
     pools: tuple[PoolStatus, ...] = field(default_factory=tuple)
+
+
+# ----------------------------------------------------------------------------- learner work
+# A learner (hosted by Ray Train, `actors/learner_host.py`) runs a queue of these, in order, on every
+# rank; its feed (`actors/feed.py`) hands the same item to all ranks and keeps it until a checkpoint
+# covers it, so a worker group restarted from its last checkpoint redoes exactly the lost items.
+
+
+class Recipe(enum.Enum):
+    """What one training step does with the batch it pulls (learner/recipes.py has each)."""
+
+    GENERATOR_SFT = "generator_sft"  # G imitates rendered samples (bootstrap on seeds, RFT on kept)
+    REWARD_ANSWER = "reward_answer"  # a verifier R learns to answer the questions it will grade
+    REWARD_GRADE = "reward_grade"  # R regresses onto graded samples (faithful/perturbed/incoherent/irrelevant)
+    SOLVER_SFT = "solver_sft"  # P learns the answers (balanced over modality, augmented)
+    SOLVER_GRPO = "solver_grpo"  # P's GRPO step on a batch taken from the rollout buffer
+
+
+@dataclass(frozen=True)
+class TrainWork:
+    """One optimizer step. `batch` is an object ref to what the step trains on: a `list[Sample]` drawn by
+    the kept-sample store, or a `TakeResult` from the rollout buffer; the driver never holds the data."""
+
+    recipe: Recipe
+    batch: Any  # ObjectRef
+    step: int  # the recipe's own step counter: seeds augmentation and graded-data draws
+    publish: bool = False  # rank 0 publishes the new weights after the step
+
+
+@dataclass(frozen=True)
+class PublishWork:
+    """Publish the current weights (every rank takes part in the gather; rank 0 puts)."""
+
+
+@dataclass(frozen=True)
+class SaveWork:
+    """Write the model as a directory other stages and evaluation load (rank 0 writes)."""
+
+    directory: str
+
+
+@dataclass(frozen=True)
+class CheckpointWork:
+    """Write an exact, resumable checkpoint (weights, optimizer, schedule, version, RNG) to `directory`."""
+
+    directory: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RestoreWork:
+    """Load a checkpoint written by `CheckpointWork`."""
+
+    directory: str
+
+
+@dataclass(frozen=True)
+class StageWork:
+    """Begin a new training stage (SFT -> GRPO) with these learner settings: its own rate and schedule."""
+
+    learner_cfg: Any  # config.LearnerConfig
+
+
+@dataclass(frozen=True)
+class StopWork:
+    """End the learner's train loop (its last item)."""
+
+
+Work = TrainWork | PublishWork | SaveWork | CheckpointWork | RestoreWork | StageWork | StopWork
+
+
+@dataclass(frozen=True)
+class WorkDone:
+    """What one rank did with one work item. Rank 0's carries the published `weights`, when it published."""
+
+    index: int
+    rank: int
+    version: int  # the learner's weight version after the item
+    metrics: dict[str, float]
+    started: float  # wall-clock seconds (time.time()): the run's timeline draws these
+    ended: float
+    weights: WeightVersion | None = None
+    step_report: StepReport | None = None  # GRPO steps: the groups this rank trained
+    extra: dict[str, Any] = field(default_factory=dict)  # RestoreWork: the checkpoint's extra
+    error: str | None = None  # the item's batch could not be read (its producer died): nothing was trained
+
+
+@dataclass(frozen=True)
+class FeedStatus:
+    """A learner's queue as `medgr2 status` shows it."""
+
+    name: str
+    submitted: int
+    done: int
+    version: int
+    idle_s: float  # seconds rank 0 has waited for work since the last item (the learner is starved)
+    restarts: int
+
+
+# ----------------------------------------------------------------------------- the data side
+# generator pool -> scorer pool -> kept-sample store. Candidates travel actor to actor as object refs;
+# the controller only sees the receipts.
+
+
+@dataclass(frozen=True)
+class ScoredCandidates:
+    """What a scorer made of one generate call: the parsed samples with R's score and version, the
+    outputs that did not parse (with reasons), and the requests they answer."""
+
+    request_ids: tuple[str, ...]
+    samples: tuple[Sample, ...]  # provenance: G version, round, strategy, reward, rm_version
+    failures: tuple[tuple[str, str], ...]  # (reason, text) of each output that did not become a sample
+    duplicates: int  # outputs that repeated a sample of the same call
+    rm_version: int
+
+
+@dataclass(frozen=True)
+class Versions:
+    """The newest published version of each learner when a piece of work was handed on."""
+
+    generator: int = 0
+    reward_model: int = 0
+    policy: int = 0
+
+
+@dataclass(frozen=True)
+class OfferReceipt:
+    """What the store did with one `ScoredCandidates`: every candidate counted exactly once."""
+
+    request_ids: tuple[str, ...]
+    accepted: bool  # False: these requests were offered before (a re-issued chain) and are ignored
+    candidates: int
+    kept: int
+    unparseable: int
+    rejected: dict[str, int]  # reason -> count
+    kept_total: int  # the store's kept count after this offer (the learners' data cursor)
+
+
+class SampleSource(enum.Enum):
+    """Which samples a training batch is drawn from."""
+
+    SEEDS = "seeds"
+    KEPT = "kept"  # kept samples in a range (a round's, or everything kept so far)
+    SEEDS_AND_KEPT = "seeds_and_kept"
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """One training batch the store draws: reproducible from these fields alone (a redone step draws it
+    again identically), so the cursor range is fixed when the step is submitted."""
+
+    source: SampleSource
+    size: int
+    step: int
+    salt: str  # names the learner and stage: different learners draw independently
+    kept_from: int = 0
+    kept_to: int = 0  # kept samples [kept_from, kept_to) take part
+    seed_share: float | None = None  # SEEDS_AND_KEPT: fraction drawn from the seeds (None: uniform over both)
+    balanced: bool = False  # every modality equally likely (the solver's SFT)
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    """The store's counters for `medgr2 status` and the run log."""
+
+    candidates: int
+    kept: int
+    unparseable: int
+    rejected: dict[str, int]
+    seeds: int
+    seconds: float
+
+
+# ----------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class LearnerStatus:
+    """One learner as `medgr2 status` shows it."""
+
+    name: str
+    version: int
+    steps_done: int
+    steps_submitted: int
+    idle_s: float  # how long it has waited for work right now
+    restarts: int  # worker-group restarts Ray Train made
+
+
+@dataclass(frozen=True)
+class DataStatus:
+    """The data side: generation -> scoring -> selection."""
+
+    candidates: int
+    kept: int
+    candidates_per_s: float
+    kept_per_s: float
+    requests_in_flight: int
+    requests_reissued: int
+    generator_lag: float  # mean (newest G version - the version that wrote it) of the last candidates
+    reward_lag: float  # mean (newest R version - the version that scored it)
+
+
+@dataclass(frozen=True)
+class FlywheelStatus:
+    """The whole cycle's live state: what `medgr2 status` prints in every phase."""
+
+    run: str
+    phase: str  # "data", "grpo", "evaluate", "done"
+    seconds: float
+    pools: tuple[PoolStatus, ...]
+    learners: tuple[LearnerStatus, ...]
+    data: DataStatus | None = None
+    grpo: LoopStatus | None = None

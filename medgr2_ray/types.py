@@ -135,6 +135,9 @@ class GenerationRequest:
 
     The engine applies the model's chat template; `system` is prepended as a system message when set.
     `sample` carries the sample the prompt was made from, so rewards can be computed from the rollout.
+    `image_ids` names the images instead of carrying them: requests that travel between actors carry ids
+    only, and the actor that runs a model fills `images` from its own image cache
+    (`algo.requests.resolve_images`), so pixels never pass through the driver.
     """
 
     request_id: str
@@ -142,6 +145,7 @@ class GenerationRequest:
     images: tuple[np.ndarray, ...] = ()
     system: str = ""
     sample: Sample | None = None
+    image_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections import deque
 from pathlib import Path
 
+import numpy as np
+
 from medgr2_ray.actors.persist import load_messages, save_messages
 from medgr2_ray.metrics import BUFFER_DEPTH, GROUPS_DROPPED_STALE, Metrics
 from medgr2_ray.types import ScoredGroup, TrainBatch
@@ -32,13 +34,21 @@ class BufferFull(RuntimeError):
 
 
 
+def _uniform(group: ScoredGroup) -> bool:
+    """All rewards equal (finite ones: a NaN group is the learner's to drop and count)."""
+    rewards = np.asarray(group.rewards, dtype=np.float64)
+    return bool(rewards.size > 0 and np.isfinite(rewards).all() and np.ptp(rewards) == 0.0)
+
+
 class RolloutBuffer:
     """Bounded FIFO of `ScoredGroup`s tagged with weight versions (see the module docstring)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, drop_uniform: bool = False) -> None:
         if capacity < 1:
             raise ValueError(f"RolloutBuffer capacity must be >= 1, got {capacity} (grpo.buffer_size)")
         self.capacity = capacity
+        self.drop_uniform = drop_uniform
+        self._uniform: list[str] = []
         self._queue: deque[ScoredGroup] = deque()
         self._seen: set[str] = set()
         self._taken = 0
@@ -52,9 +62,17 @@ class RolloutBuffer:
         return BufferSnapshot(self._seq, tuple(g.weight_version for g in self._queue))
 
     def put(self, groups: list[ScoredGroup]) -> PutReceipt:
-        """Append groups (all or none); refuse ids seen before; raise `BufferFull` past capacity."""
+        """Append groups (all or none); refuse ids seen before; raise `BufferFull` past capacity.
+
+        With `drop_uniform` (GRPO's dynamic sampling, as in DAPO) a group whose rewards are all equal is
+        refused and counted here, before it takes a place: its advantages would all be zero, and the
+        controller keeps generating until a step's batch is full of groups that carry signal."""
+        uniform = tuple(g.group_id for g in groups if self.drop_uniform and g.group_id not in self._seen
+                        and _uniform(g))
+        self._uniform.extend(uniform)
+        self._seen.update(uniform)
         fresh = [g for g in groups if g.group_id not in self._seen]
-        dup_ids = tuple(g.group_id for g in groups if g.group_id in self._seen)
+        dup_ids = tuple(g.group_id for g in groups if g.group_id in self._seen and g.group_id not in uniform)
         if len({g.group_id for g in fresh}) != len(fresh):
             raise ValueError("RolloutBuffer.put: one call holds the same group id twice")
         if len(self._queue) + len(fresh) > self.capacity:
@@ -66,7 +84,7 @@ class RolloutBuffer:
         self._seen.update(g.group_id for g in fresh)
         self._duplicates.extend(dup_ids)
         self._metrics.record(BUFFER_DEPTH, len(self._queue))
-        return PutReceipt(tuple(g.weight_version for g in fresh), dup_ids, len(self._queue), self._snapshot())
+        return PutReceipt(tuple(g.weight_version for g in fresh), dup_ids, len(self._queue), self._snapshot(), uniform)
 
     def take(self, n: int, learner_version: int, max_staleness: int) -> TakeResult:
         """The oldest `n` fresh groups (fewer if fewer exist), after dropping every too-stale one.
@@ -114,6 +132,7 @@ class RolloutBuffer:
             "taken": self._taken,
             "dropped_stale": list(self._dropped_stale),
             "duplicates": list(self._duplicates),
+            "uniform": list(self._uniform),
         })
         return path
 
@@ -128,4 +147,5 @@ class RolloutBuffer:
         self._taken = int(state["taken"])
         self._dropped_stale = list(state["dropped_stale"])
         self._duplicates = list(state["duplicates"])
+        self._uniform = list(state.get("uniform", []))
         return self.stats()

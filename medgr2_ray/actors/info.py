@@ -1,13 +1,15 @@
-"""What every long-lived actor reports about itself (`ready()`), and the per-process set-up they share."""
+"""What every long-lived actor reports about itself (`ready()`), and the per-process set-up they share:
+its identity, its torch thread budget, and the busy spans it reports for the run's timeline."""
 
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
 import ray
-from medgr2_ray.messages import ActorInfo
 
-
+from medgr2_ray.messages import ActorInfo, Span
 
 
 def actor_info(weight_version: int) -> ActorInfo:
@@ -29,3 +31,10 @@ def limit_threads(torch_threads: int) -> None:
     import torch
 
     torch.set_num_threads(torch_threads)
+
+
+def record_span(monitor: Any, actor: str, kind: str, started: float) -> None:
+    """Tell the run's monitor that `actor` was busy with `kind` from `started` until now (fire and forget:
+    the timeline must never slow the work down, and a lost span only leaves a gap in a plot)."""
+    if monitor is not None:
+        monitor.spans.remote([Span(actor, kind, started, time.time())])

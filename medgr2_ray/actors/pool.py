@@ -34,14 +34,14 @@ class Member:
 class WorkerPool:
     """The live actors of one pool (see the module docstring).
 
-    `actor_cls` must have a `ready()` method (cheap; returns the actor's info) and take `make_args(n)`
-    as constructor arguments.
+    `actor_cls` must have a `ready()` method (cheap; returns the actor's info) and take one typed spec,
+    `make_spec(n)`, as its constructor argument.
     """
 
     name: str
     actor_cls: type
     config: PoolConfig
-    make_args: Callable[[int], tuple[Any, ...]]
+    make_spec: Callable[[int], Any]
     members: list[Member] = field(default_factory=list)
     _next_index: int = 0
     _metrics: Metrics = field(default_factory=Metrics)
@@ -56,7 +56,7 @@ class WorkerPool:
             max_restarts=cfg.max_restarts,
             max_task_retries=0,  # the controller re-issues failed work itself, exactly once
         )
-        handle = remote_cls.remote(*self.make_args(self._next_index))
+        handle = remote_cls.remote(self.make_spec(self._next_index))
         member = Member(f"{self.name}-{self._next_index}", handle, handle.ready.remote())
         self._next_index += 1
         return member

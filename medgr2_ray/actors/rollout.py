@@ -1,39 +1,60 @@
 """RolloutActor: a long-lived process that hosts one rollout engine (HF or vLLM) and generates.
 
-The generator pool and the policy pool are two pools of this same class with different models: the
-class never looks at a role string. Each `generate` call carries the newest published `WeightVersion`;
-if it is newer than what the engine holds, the actor loads it first (between batches, never during
-one), so every `Rollout` records the version that really produced it. After a crash Ray restarts the
-actor (`PoolConfig.max_restarts`): `__init__` rebuilds the engine from the model directory at version
-0 and the next call brings it up to date; the controller re-issues the calls that died with it.
+The generator pool and the policy pool are two pools of this same class with different specs (model,
+pool name): the class never looks at a role string. Each `generate` call carries the newest published
+`WeightVersion`; if it is newer than what the engine holds, the actor loads it first (between batches,
+never during one), so every `Rollout` records the version that really produced it. Requests arrive with
+image ids; the actor fills in the pixels from its own image cache (the pixels were put in the object
+store once, so they never pass through the driver). After a crash Ray restarts the actor
+(`PoolConfig.max_restarts`): `__init__` rebuilds the engine from the model directory at version 0 and the
+next call brings it up to date; the controller re-issues the calls that died with it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from medgr2_ray.actors.info import actor_info, limit_threads
-from medgr2_ray.messages import ActorInfo
+import ray
+
+from medgr2_ray.actors.info import actor_info, limit_threads, record_span
+from medgr2_ray.algo.requests import resolve_images
 from medgr2_ray.config import EngineConfig, ModelConfig
+from medgr2_ray.data.images import ImageCache
+from medgr2_ray.messages import ActorInfo
 from medgr2_ray.metrics import SAMPLES_GENERATED, TOKENS_GENERATED, TOKENS_PER_S, WEIGHT_VERSION, Metrics
 from medgr2_ray.sync.weights import fetch_weights
 from medgr2_ray.types import GenerationRequest, Rollout, SamplingParams, WeightVersion
 
 
+@dataclass(frozen=True)
+class RolloutSpec:
+    """What one rollout actor serves, in one typed message."""
+
+    pool: str  # the pool's name (metrics and the timeline label the actor with it)
+    model_dir: str
+    model_cfg: ModelConfig
+    engine_cfg: EngineConfig
+    seed: int
+    torch_threads: int = 1
+    images: dict[str, Any] = field(default_factory=dict)  # image id -> ObjectRef of its pixels
+    monitor: Any = None  # the run's LoopMonitor (busy spans for the timeline), if any
+
+
 class RolloutActor:
     """Engine + `generate` + `load_weights` (see the module docstring)."""
 
-    def __init__(
-        self, pool: str, model_dir: str, model_cfg: ModelConfig, engine_cfg: EngineConfig, seed: int,
-        torch_threads: int = 1,
-    ) -> None:
+    def __init__(self, spec: RolloutSpec) -> None:
         from medgr2_ray.engines import build_engine  # heavy: only inside the actor process
 
-        limit_threads(torch_threads)
-        self.pool = pool
-        self.engine = build_engine(model_dir, model_cfg, engine_cfg, seed=seed)
-        self.metrics = Metrics(pool=pool, actor=actor_info(0).name or pool)
+        limit_threads(spec.torch_threads)
+        self.spec = spec
+        self.engine = build_engine(spec.model_dir, spec.model_cfg, spec.engine_cfg, seed=spec.seed)
+        self.images = ImageCache(refs=spec.images, resolve=ray.get)
+        self.name = actor_info(0).name or spec.pool
+        self.metrics = Metrics(pool=spec.pool, actor=self.name)
         self.metrics.record(WEIGHT_VERSION, self.engine.weight_version)
 
     def ready(self) -> ActorInfo:
@@ -51,13 +72,14 @@ class RolloutActor:
         self, requests: Sequence[GenerationRequest], sampling: SamplingParams, weights: WeightVersion | None = None
     ) -> list[Rollout]:
         """`sampling.n` rollouts per request with the newest weights given (loaded first if newer)."""
+        start = time.time()
         if weights is not None and weights.version > self.engine.weight_version:
             self.load_weights(weights)
-        start = time.perf_counter()
-        rollouts = self.engine.generate(requests, sampling)
-        seconds = time.perf_counter() - start
+        rollouts = self.engine.generate([resolve_images(r, self.images) for r in requests], sampling)
+        seconds = time.time() - start
         tokens = sum(len(r.completion_token_ids) for r in rollouts)
         self.metrics.record(SAMPLES_GENERATED, len(rollouts))
         self.metrics.record(TOKENS_GENERATED, tokens)
         self.metrics.record(TOKENS_PER_S, tokens / seconds if seconds > 0 else 0.0)
+        record_span(self.spec.monitor, self.name, "generate", start)
         return rollouts

@@ -6,25 +6,37 @@ the sample rendered with a' as its answer (`prompts.reward_prompt`), all complet
 micro-batches. With `reward.alpha == 0` R cannot change any reward, so no reward model is loaded (the
 accuracy-only ablation, and CPU tests). A completion R cannot score (NaN) or a request without a sample
 when accuracy is weighted gets a NaN reward: the learner drops such groups and counts them, so one bad
-sample never kills the run. `load_weights` takes a new R after a reward-model round.
+sample never kills the run. A call may carry R's newest published `WeightVersion`; the scorer loads it
+first when it is newer, so every score records the R version that gave it.
+
+`score_candidates` is the data side's half: it turns one generator call's rollouts into samples
+(`algo.requests.parse_candidates`, failures kept with reasons) and scores each with R, for the kept-sample
+store to decide. Requests and samples name their images by id; the scorer reads the pixels from its own
+image cache (put in the object store once by the driver).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
+import ray
 
-from medgr2_ray.actors.info import actor_info, limit_threads
-from medgr2_ray.messages import ActorInfo
+from medgr2_ray.actors.info import actor_info, limit_threads, record_span
+from medgr2_ray.messages import ActorInfo, ScoredCandidates
 from medgr2_ray.algo.rewards import accuracy_reward, extract_answer, normalize_rm_score
+from medgr2_ray.algo.requests import CandidateMeta, parse_candidates, resolve_images, reward_request
 from medgr2_ray.config import LearnerConfig, LoraConfig, ModelConfig, RewardConfig
+from medgr2_ray.data.images import ImageCache
 from medgr2_ray.metrics import REWARD_MEAN, SAMPLES_SCORED, WEIGHT_VERSION, Metrics
 from medgr2_ray.prompts import reward_prompt
 from medgr2_ray.sync.weights import fetch_weights
-from medgr2_ray.types import GenerationRequest, Rollout, ScoredGroup, WeightVersion
+from medgr2_ray.types import GenerationRequest, RewardObjective, Rollout, ScoredGroup, WeightVersion
 
 
 def reward_model_request(request: GenerationRequest, rollout: Rollout) -> GenerationRequest | None:
@@ -51,26 +63,41 @@ def group_rollouts(requests: Sequence[GenerationRequest], rollouts: Sequence[Rol
     return [tuple(sorted(by_id[r.request_id], key=lambda x: x.index)) for r in requests]
 
 
+@dataclass(frozen=True)
+class ScorerSpec:
+    """What one scorer serves, in one typed message."""
+
+    model_dir: str | None  # R's directory (None when reward.alpha == 0: no R is loaded)
+    model_cfg: ModelConfig
+    reward_cfg: RewardConfig
+    micro_batch_size: int
+    seed: int
+    objective: RewardObjective | None = None  # must match R's learner, so published weights fit
+    torch_threads: int = 1
+    images: dict[str, Any] = field(default_factory=dict)  # image id -> ObjectRef of its pixels
+    monitor: Any = None  # the run's LoopMonitor (busy spans for the timeline), if any
+
+
 class ScorerActor:
     """Reward-model scorer (see the module docstring)."""
 
-    def __init__(
-        self, model_dir: str | None, model_cfg: ModelConfig, reward_cfg: RewardConfig, micro_batch_size: int,
-        seed: int, torch_threads: int = 1,
-    ) -> None:
-        limit_threads(torch_threads)
-        self.cfg = reward_cfg
+    def __init__(self, spec: ScorerSpec) -> None:
+        limit_threads(spec.torch_threads)
+        self.spec, self.cfg = spec, spec.reward_cfg
         self.version = 0
         self.learner = None
-        if reward_cfg.alpha > 0:
-            if model_dir is None:
-                raise ValueError("reward.alpha > 0 needs a reward model directory for the scorer")
+        self.images = ImageCache(refs=spec.images, resolve=ray.get)
+        if spec.model_dir is None and spec.reward_cfg.alpha > 0:
+            raise ValueError("reward.alpha > 0 needs a reward model directory for the scorer")
+        if spec.model_dir is not None:
             from medgr2_ray.learner.reward import RewardLearner  # heavy: only inside the actor
 
             # Inference only: LoRA (if any) arrives merged in published weights, so the scorer's model is plain.
-            plain = model_cfg.model_copy(update={"lora": LoraConfig(enabled=False)})
-            self.learner = RewardLearner(model_dir, plain, LearnerConfig(micro_batch_size=micro_batch_size), seed)
-        self.metrics = Metrics(actor=actor_info(0).name or "scorer")
+            plain = spec.model_cfg.model_copy(update={"lora": LoraConfig(enabled=False)})
+            self.learner = RewardLearner(spec.model_dir, plain, LearnerConfig(micro_batch_size=spec.micro_batch_size),
+                                         spec.seed, objective=spec.objective)
+        self.name = actor_info(0).name or "scorer"
+        self.metrics = Metrics(actor=self.name)
 
     def ready(self) -> ActorInfo:
         """Liveness probe; resolves once the reward model is loaded."""
@@ -88,21 +115,29 @@ class ScorerActor:
         self.metrics.record(WEIGHT_VERSION, self.version, pool="scorer")
         return self.version
 
+    def _maybe_load(self, weights: WeightVersion | None) -> None:
+        if weights is not None and self.learner is not None and weights.version > self.version:
+            self.load_weights(weights)
+
     def _rm_scores(self, requests: Sequence[GenerationRequest | None]) -> list[float]:
-        if self.learner is None:
-            return [0.0] * len(requests)  # alpha == 0: R's term is multiplied by zero anyway
+        if self.learner is None or not any(r is not None for r in requests):
+            return [0.0 if self.cfg.alpha == 0 else math.nan] * len(requests)  # alpha == 0: R's term is zeroed
         usable = [i for i, r in enumerate(requests) if r is not None]
-        scores = self.learner.score([requests[i] for i in usable]) if usable else []
+        scores = self.learner.score([resolve_images(requests[i], self.images) for i in usable]) if usable else []  # type: ignore[arg-type]
         out = [math.nan] * len(requests)
         for i, score in zip(usable, scores):
             out[i] = score
         return out
 
-    def score(self, requests: Sequence[GenerationRequest], rollouts: Sequence[Rollout]) -> list[ScoredGroup]:
-        """One `ScoredGroup` per request, rewards in rollout order."""
+    def score(self, requests: Sequence[GenerationRequest], rollouts: Sequence[Rollout],
+              weights: WeightVersion | None = None) -> list[ScoredGroup]:
+        """One `ScoredGroup` per request, rewards in rollout order (R brought to `weights` first)."""
+        start = time.time()
+        self._maybe_load(weights)
         grouped = group_rollouts(requests, rollouts)
         flat = [(req, r) for req, rs in zip(requests, grouped) for r in rs]
-        rm = self._rm_scores([reward_model_request(req, r) if self.learner else None for req, r in flat])
+        use_rm = self.learner is not None and self.cfg.alpha > 0
+        rm = self._rm_scores([reward_model_request(req, r) if use_rm else None for req, r in flat])
         rewards = []
         for (request, rollout), score in zip(flat, rm):
             if request.sample is None and self.cfg.beta > 0:
@@ -119,4 +154,19 @@ class ScorerActor:
         self.metrics.record(SAMPLES_SCORED, len(rewards))
         if finite:
             self.metrics.record(REWARD_MEAN, float(np.mean(finite)), stage="scored")
+        record_span(self.spec.monitor, self.name, "score", start)
         return out
+
+    def score_candidates(self, rollouts: Sequence[Rollout], meta: Mapping[str, CandidateMeta], round_index: int,
+                         weights: WeightVersion | None = None) -> ScoredCandidates:
+        """Generator rollouts -> samples, each scored by R (brought to `weights` first) with its version."""
+        start = time.time()
+        self._maybe_load(weights)
+        parsed = parse_candidates(rollouts, meta, round_index)
+        scores = self._rm_scores([reward_request(s, None) for s in parsed.samples])
+        samples = tuple(s.with_provenance(reward=float(r) if math.isfinite(r) else None, rm_version=self.version)
+                        for s, r in zip(parsed.samples, scores))
+        self.metrics.record(SAMPLES_SCORED, len(samples))
+        record_span(self.spec.monitor, self.name, "score", start)
+        return ScoredCandidates(tuple(meta), samples, tuple((f.reason, f.text) for f in parsed.failures),
+                                parsed.duplicates, self.version)

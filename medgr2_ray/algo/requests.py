@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -51,15 +51,33 @@ class ParsedCandidates:
         return dict(Counter(f.reason for f in self.failures))
 
 
+def _image_request(request_id: str, prompt: str, image_id: str, lookup: ImageLookup | None,
+                   sample: Sample | None = None) -> GenerationRequest:
+    """A request with the image's pixels, or (no `lookup`) with its id for the actor to fill in."""
+    if lookup is None:
+        return GenerationRequest(request_id, prompt, sample=sample, image_ids=(image_id,))
+    return GenerationRequest(request_id, prompt, (lookup(image_id),), sample=sample)
+
+
+def resolve_images(request: GenerationRequest, lookup: ImageLookup) -> GenerationRequest:
+    """The request with the pixels of its `image_ids` (unchanged when it already carries pixels)."""
+    if request.images or not request.image_ids:
+        return request
+    return replace(request, images=tuple(lookup(i) for i in request.image_ids))
+
+
 def generator_requests(images: Sequence[MedImage], tasks: Sequence[TaskType], strategies: Sequence[PromptStrategy],
-                       lookup: ImageLookup, round_index: int) -> tuple[list[GenerationRequest], dict[str, CandidateMeta]]:
-    """One request per (image, task, strategy); ids are stable so a re-issued request is recognised."""
+                       lookup: ImageLookup | None, round_index: int, prefix: str | None = None
+                       ) -> tuple[list[GenerationRequest], dict[str, CandidateMeta]]:
+    """One request per (image, task, strategy); ids are stable so a re-issued request is recognised.
+    Without `lookup` the requests carry image ids (see `resolve_images`); `prefix` replaces `r<round>`."""
     requests: list[GenerationRequest] = []
     meta: dict[str, CandidateMeta] = {}
+    head = prefix if prefix is not None else f"r{round_index}"
     for image, task, strategy in itertools.product(images, tasks, strategies):
-        request_id = f"r{round_index}:{image.image_id}:{task.name}:{strategy.value}"
-        requests.append(GenerationRequest(request_id, generator_prompt(image.modality, image.anatomy, task, strategy),
-                                          (lookup(image.image_id),)))
+        request_id = f"{head}:{image.image_id}:{task.name}:{strategy.value}"
+        requests.append(_image_request(request_id, generator_prompt(image.modality, image.anatomy, task, strategy),
+                                       image.image_id, lookup))
         meta[request_id] = CandidateMeta(image, task, strategy)
     return requests, meta
 
@@ -96,10 +114,10 @@ def parse_candidates(rollouts: Sequence[Rollout], meta: Mapping[str, CandidateMe
     return ParsedCandidates(tuple(samples.values()), tuple(failures), duplicates)
 
 
-def reward_request(sample: Sample, lookup: ImageLookup) -> GenerationRequest:
+def reward_request(sample: Sample, lookup: ImageLookup | None) -> GenerationRequest:
     """What the reward model reads: the sample's image and the rendered sample (the sample itself rides
     along: a verifier head answers its question)."""
-    return GenerationRequest(f"rm:{sample.sample_id}", reward_prompt(sample), (lookup(sample.image_id),), sample=sample)
+    return _image_request(f"rm:{sample.sample_id}", reward_prompt(sample), sample.image_id, lookup, sample)
 
 
 def reward_examples(graded: Sequence[GradedSample], lookup: ImageLookup) -> list[RewardExample]:
@@ -112,9 +130,9 @@ def solver_request(sample: Sample, image: np.ndarray) -> GenerationRequest:
     return GenerationRequest(f"solve:{sample.sample_id}", solver_prompt(sample), (image,), sample=sample)
 
 
-def solver_requests(samples: Sequence[Sample], lookup: ImageLookup) -> list[GenerationRequest]:
-    """Solver prompts with the original images (evaluation and GRPO)."""
-    return [solver_request(s, lookup(s.image_id)) for s in samples]
+def solver_requests(samples: Sequence[Sample], lookup: ImageLookup | None) -> list[GenerationRequest]:
+    """Solver prompts with the original images (evaluation and GRPO); image ids only without `lookup`."""
+    return [_image_request(f"solve:{s.sample_id}", solver_prompt(s), s.image_id, lookup, s) for s in samples]
 
 
 def solver_sft_examples(samples: Sequence[Sample], lookup: ImageLookup, rng: np.random.Generator | None,

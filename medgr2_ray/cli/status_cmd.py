@@ -13,7 +13,7 @@ from typing import Any
 
 
 def read_status(namespace: str, prefix: str = "", timeout_s: float = 30.0) -> Any:
-    """The newest `LoopStatus` of the loop whose actors carry `prefix`, or None when none runs."""
+    """The newest status of the run whose actors carry `prefix`, or None when none runs."""
     import ray
 
     from medgr2_ray.actors.monitor import MONITOR_NAME
@@ -26,7 +26,40 @@ def read_status(namespace: str, prefix: str = "", timeout_s: float = 30.0) -> An
 
 
 def format_status(status: Any) -> str:
-    """A `LoopStatus` as a few aligned lines."""
+    """A `FlywheelStatus` (the whole cycle) or a `LoopStatus` (a GRPO loop) as a few aligned lines."""
+    from medgr2_ray.messages import FlywheelStatus
+
+    if isinstance(status, FlywheelStatus):
+        return _format_flywheel(status)
+    return _format_loop(status)
+
+
+def _format_pools(pools: Any) -> list[str]:
+    lines = []
+    for pool in pools:
+        versions = ",".join(str(v) for v in pool.weight_versions) or "-"
+        lines.append(f"  pool {pool.name:<24} {pool.ready}/{pool.members} ready, {pool.in_flight} calls, versions {versions}")
+    return lines
+
+
+def _format_flywheel(status: Any) -> str:
+    lines = [f"run {status.run}: phase {status.phase}, {status.seconds:.0f} s"]
+    if status.data is not None:
+        d = status.data
+        lines.append(f"  data: {d.candidates} candidates, {d.kept} kept ({d.candidates_per_s:.2f}/s, "
+                     f"{d.kept_per_s:.2f} kept/s), {d.requests_in_flight} requests in flight, "
+                     f"{d.requests_reissued} re-issued")
+    for learner in status.learners:
+        idle = f", idle {learner.idle_s:.0f} s" if learner.idle_s >= 1 else ""
+        lines.append(f"  learner {learner.name:<21} version {learner.version}, {learner.steps_done}/"
+                     f"{learner.steps_submitted} steps{idle}")
+    lines += _format_pools(status.pools)
+    if status.grpo is not None:
+        lines += ["  " + line for line in _format_loop(status.grpo).splitlines()]
+    return "\n".join(lines)
+
+
+def _format_loop(status: Any) -> str:
     lines = [
         f"run {status.run}: step {status.step}/{status.steps}, weight version {status.version}, "
         f"{status.seconds:.0f} s",
@@ -35,10 +68,7 @@ def format_status(status: Any) -> str:
         f"re-issued {status.requests_reissued}",
         f"  reward mean {status.reward_mean:.3f}, {status.samples_per_s:.1f} samples/s trained",
     ]
-    for pool in status.pools:
-        versions = ",".join(str(v) for v in pool.weight_versions) or "-"
-        lines.append(f"  pool {pool.name:<24} {pool.ready}/{pool.members} ready, {pool.in_flight} calls, versions {versions}")
-    return "\n".join(lines)
+    return "\n".join(lines + _format_pools(status.pools))
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -65,6 +65,7 @@ class Strategy(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def gathered_parameters(self) -> Any: ...  # a context in which every parameter is whole (ZeRO-3)
+    def new_stage(self, cfg: LearnerConfig) -> None: ...  # a new training stage: its own rate and schedule
 
 
 def _world() -> tuple[int, int]:
@@ -134,6 +135,13 @@ class TorchStrategy:
     def gathered_parameters(self) -> Any:
         """Parameters are always whole here."""
         return nullcontext()
+
+    def new_stage(self, cfg: LearnerConfig) -> None:
+        """Start a new training stage (SFT -> GRPO) on the same weights: a fresh AdamW and schedule with
+        `cfg`'s rate, as if the stage had built its own learner from the last stage's weights."""
+        self.cfg = cfg
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(cfg))
 
 
 class DeepSpeedStrategy:
@@ -230,6 +238,16 @@ class DeepSpeedStrategy:
         self.scheduler.load_state_dict(state["scheduler"])
         for key, value in state["counters"].items():
             setattr(self.engine, key, value)
+
+    def new_stage(self, cfg: LearnerConfig) -> None:
+        """Start a new training stage: `cfg`'s rate and a new schedule. DeepSpeed owns the (partitioned)
+        AdamW moments, which are kept: only the rate and its schedule start over."""
+        self.cfg = cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr
+            group["initial_lr"] = cfg.lr
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(cfg))
+        self.engine.lr_scheduler = self.scheduler
 
     @contextmanager
     def gathered_parameters(self) -> Iterator[None]:

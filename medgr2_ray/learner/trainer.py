@@ -129,6 +129,12 @@ class Trainer:
         self.version += 1
         return {"grad_norm": grad_norm, "lr": lr, "version": float(self.version)}
 
+    def new_stage(self, learner_cfg: LearnerConfig) -> None:
+        """Begin a new training stage on the current weights with `learner_cfg`'s rate and schedule (the
+        solver's GRPO after its SFT, in the same long-lived learner)."""
+        self.cfg = learner_cfg
+        self.strategy.new_stage(learner_cfg)
+
     def trainable_parameters(self) -> dict[str, torch.Tensor]:
         """Parameters the optimizer updates, by name."""
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}

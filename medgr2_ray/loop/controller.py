@@ -23,10 +23,11 @@ learner, the buffer, the prompt cursor and the requests in flight, and `resume` 
 
 from __future__ import annotations
 
+import enum
 import time
 import zlib
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,21 +40,30 @@ from medgr2_ray.actors.pool import Member
 from medgr2_ray.actors.system import ActorSystem
 from medgr2_ray.config import Config
 from medgr2_ray.loop.autoscale import PoolAutoscaler, ScaleSignals
-from medgr2_ray.messages import BufferSnapshot, LoopStatus, PoolStatus, PutReceipt, StepReport
+from medgr2_ray.messages import (BufferSnapshot, LoopStatus, PoolStatus, PutReceipt, Recipe, Span, StepReport, TrainWork,
+                                 WorkDone)
 from medgr2_ray.metrics import LEARNER_WAIT_S, REQUESTS_REISSUED, Metrics, RunLog
 from medgr2_ray.types import GenerationRequest, SamplingParams, WeightVersion
 
 MAX_CALLS_PER_ACTOR = 2  # one running, one queued: an actor never idles between calls
 
 
+class Stage(enum.Enum):
+    """Where a call in flight is on its way: generate -> score -> put, or a learner step."""
+
+    GENERATE = "generate"
+    SCORE = "score"
+    PUT = "put"
+    LEARN = "learn"
+
+
 @dataclass
 class Flight:
     """One call in flight: its stage, the actor it runs on, and the requests it carries."""
 
-    stage: str  # "generate" | "score" | "put" | "learn"
+    stage: Stage
     requests: tuple[GenerationRequest, ...]
     member: Member | None = None
-    refs: tuple[Any, ...] = ()  # the other ranks' StepReport refs, for "learn"
     chain: tuple[Member, ...] = ()  # the actors this chain ran on (blamed if it fails)
 
 
@@ -64,6 +74,7 @@ class Ledger:
     trained_ids: list[str] = field(default_factory=list)
     dropped_stale_ids: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
+    uniform_ids: list[str] = field(default_factory=list)  # refused by dynamic sampling (no signal), then replaced
     reissued: int = 0
     staleness: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
@@ -98,10 +109,14 @@ class Controller:
         self.started = time.perf_counter()
         self.autoscaler = PoolAutoscaler(system.rollout, cfg.rollout_pool, cfg.loop)
         self.metrics = Metrics()
+        self.spans: list[Span] = []  # the learner's busy spans, for the run's timeline
+        self.on_step: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------------ the loop
-    def run(self, steps: int) -> Ledger:
-        """Run until `steps` learner steps are done in total (counting steps before a resume)."""
+    def run(self, steps: int, on_step: Callable[[int], None] | None = None) -> Ledger:
+        """Run until `steps` learner steps are done in total (counting steps before a resume);
+        `on_step(steps_done)` after each step (progress bars)."""
+        self.on_step = on_step
         while self.steps_done < steps:
             self.sys.rollout.poll_ready()
             self.sys.scorer.poll_ready()
@@ -120,7 +135,7 @@ class Controller:
 
     # ------------------------------------------------------------------ generation side
     def _in_flight(self) -> list[Flight]:
-        return [f for f in self.flights.values() if f.stage != "learn"] + [f for _, f in self.unscored]
+        return [f for f in self.flights.values() if f.stage is not Stage.LEARN] + [f for _, f in self.unscored]
 
     def _in_flight_groups(self) -> int:
         return sum(len(f.requests) for f in self._in_flight())
@@ -155,21 +170,21 @@ class Controller:
             seed = zlib.crc32(f"{self.cfg.run.seed}:{batch[0].request_id}".encode())  # same prompts, same samples
             ref = member.handle.generate.remote(list(batch), replace(self.sampling, seed=seed), self.weights)
             member.in_flight += 1
-            self.flights[ref] = Flight("generate", batch, member)
+            self.flights[ref] = Flight(Stage.GENERATE, batch, member)
             budget -= len(batch)
 
     def _on_done(self, ref: Any, flight: Flight) -> None:
         if flight.member is not None:
             flight.member.in_flight -= 1
-        if flight.stage == "generate":
+        if flight.stage is Stage.GENERATE:
             if self.unscored or not self._submit_score(ref, flight):
                 self.unscored.append((ref, flight))
-        elif flight.stage == "score":
-            self.flights[self.sys.buffer.put.remote(ref)] = Flight("put", flight.requests, chain=flight.chain)
-        elif flight.stage == "put":
+        elif flight.stage is Stage.SCORE:
+            self.flights[self.sys.buffer.put.remote(ref)] = Flight(Stage.PUT, flight.requests, chain=flight.chain)
+        elif flight.stage is Stage.PUT:
             self._on_put(ref, flight)
         else:
-            self._on_step([ray.get(r) for r in (ref, *flight.refs)])
+            self._on_step(ray.get(ref))
 
     def _submit_score(self, gen_ref: Any, flight: Flight) -> bool:
         """Send rollouts to the least busy ready scorer (queueing there blocks nobody: the rollouts
@@ -179,7 +194,7 @@ class Controller:
             return False
         ref = member.handle.score.remote(list(flight.requests), gen_ref)
         member.in_flight += 1
-        self.flights[ref] = Flight("score", flight.requests, member, chain=(flight.member, member))  # type: ignore[arg-type]
+        self.flights[ref] = Flight(Stage.SCORE, flight.requests, member, chain=(flight.member, member))  # type: ignore[arg-type]
         return True
 
     def _on_put(self, ref: Any, flight: Flight) -> None:
@@ -194,6 +209,7 @@ class Controller:
             self._suspect(flight.chain)
             return
         self.ledger.duplicate_ids.extend(receipt.duplicate_ids)
+        self.ledger.uniform_ids.extend(receipt.uniform_ids)
         self.ledger.rollout_versions.update(receipt.accepted_versions)
         self._take_snapshot(receipt.snapshot)
 
@@ -209,22 +225,24 @@ class Controller:
 
     # ------------------------------------------------------------------ learner side
     def _maybe_start_step(self, steps: int) -> None:
-        if any(f.stage == "learn" for f in self.flights.values()) or self.steps_started >= steps:
+        if any(f.stage is Stage.LEARN for f in self.flights.values()) or self.steps_started >= steps:
             return
         fresh = sum(c for v, c in self.buffered.items() if self.weights.version - v <= self.cfg.grpo.max_staleness)
         if fresh < self.n:
             return
         take = self.sys.buffer.take.remote(self.n, self.weights.version, self.cfg.grpo.max_staleness)
-        first, *others = self.sys.learner.grpo_step(take)
-        self.flights[first] = Flight("learn", (), refs=tuple(others))
+        index = self.sys.learner.submit(TrainWork(Recipe.SOLVER_GRPO, take, self.steps_started, publish=True))
+        self.flights[self.sys.learner.result_ref(index)] = Flight(Stage.LEARN, ())
         self.steps_started += 1
         self.last_wait = time.perf_counter() - (self.idle_since or time.perf_counter())
         self.metrics.record(LEARNER_WAIT_S, self.last_wait)
 
-    def _on_step(self, reports: list[StepReport]) -> None:
+    def _on_step(self, dones: list[WorkDone]) -> None:
+        reports = [d.step_report for d in dones if d.step_report is not None]
         lead = reports[0]
         self.idle_since = time.perf_counter()
         self.steps_done += 1
+        self.spans.append(Span(self.sys.learner.name, "train:grpo", dones[0].started, dones[0].ended))
         for report in reports:
             self.ledger.trained_ids.extend(report.group_ids)
             self.ledger.staleness.extend(lead.learner_version - v for v in report.group_versions)
@@ -232,14 +250,16 @@ class Controller:
         if lead.buffer_snapshot is not None:
             self._take_snapshot(lead.buffer_snapshot)
         self.ledger.rewards.append(lead.metrics.get("reward_mean", float("nan")))
-        if lead.weights is not None:
-            self.weights = lead.weights
-            self.ledger.published.append(lead.weights.version)
+        if dones[0].weights is not None:
+            self.weights = dones[0].weights
+            self.ledger.published.append(self.weights.version)
         self.buffered = Counter({v: c for v, c in self.buffered.items()
                                  if self.weights.version - v <= self.cfg.grpo.max_staleness})
         fill = sum(self.buffered.values()) / self.cfg.grpo.buffer_size
         self.autoscaler.observe(ScaleSignals(learner_wait_s=self.last_wait, buffer_fill=fill))
         self._report(lead)
+        if self.on_step is not None:
+            self.on_step(self.steps_done)
         every = self.cfg.loop.checkpoint_every
         if self.run_dir is not None and every and self.steps_done % every == 0:
             self.checkpoint(self.run_dir / "checkpoints" / f"step_{self.steps_done:06d}")

@@ -1,13 +1,18 @@
-"""The whole MedGR² cycle on Ray, stage by stage: what `medgr2 run` and the Ray job entrypoint execute.
+"""The whole MedGR² cycle on one actor system, built once and torn down once: what `medgr2 run` and the
+Ray job entrypoint execute.
 
 1. data: the configured image pool, split by study into train and held-out test (never by slice);
    template seeds from the train images; a test set balanced by modality from the held-out studies.
-2. rounds (`rounds.CoEvolution`): round 0 bootstraps G and R from the seeds; rounds 1..N generate,
-   score, select, refresh R and fine-tune G. Every sample is kept with provenance in `data/round_k/`.
-3. solver stage 1: SFT on the selected samples (+ seeds) with Ray Train (`solver_sft.py`).
-4. solver stage 2: GRPO on the continuous asynchronous loop (`controller.Controller`) with the reward
-   alpha * norm(R) + beta * accuracy, scored by the ScorerActor pool holding the evolved R.
-5. evaluation before and after each solver stage, and the HTML report.
+   Every image's pixels go into the object store once; actors read them from there.
+2. the flywheel (`flywheel.Flywheel`): G and R bootstrap on the seeds, then generation -> scoring ->
+   selection -> kept store turns while G fine-tunes on the kept stream, R refreshes, and the solver P
+   trains SFT on the kept stream plus seeds (`cycle.mode=continuous`); or the paper's rounds followed by
+   P's SFT (`cycle.mode=rounds`). Every candidate is kept with provenance under `data/`.
+3. solver stage 2: GRPO on the asynchronous loop (`controller.Controller`) with the reward
+   alpha * norm(R) + beta * accuracy, scored by the scorer pool holding R's newest weights, on kept
+   questions P's SFT did not draw.
+4. evaluation before and after each solver stage (Ray tasks that run beside the rest), the run's
+   `timeline.jsonl`, and the HTML report.
 Ablations are configuration: `selection.mode=random`, `cycle.rm_retrain=false`, `solver.grpo=false`,
 `reward.alpha=0`.
 """
@@ -16,25 +21,34 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
+import ray
 
+from medgr2_ray.actors.store import StoreSpec
+from medgr2_ray.actors.system import ActorSystem, ModelDirs
 from medgr2_ray.config import Config, ModelConfig, dump_config
-from medgr2_ray.data.images import ImageCache
 from medgr2_ray.data.store import write_samples
 from medgr2_ray.eval.protocols import EvalResult
 from medgr2_ray.eval.report import build_report
-from medgr2_ray.loop.evaluation import evaluate_solver
-from medgr2_ray.loop.round_state import (check_resumable, clear_final, completed_data, completed_rounds,
-                                         final_reward_dir, forget_rounds, rounds_fingerprint, write_final)
-from medgr2_ray.loop.rounds import CoEvolution, Progress
-from medgr2_ray.loop.solver_sft import REPORT_EVERY, run_solver_sft
-from medgr2_ray.loop.transfer import run_configured_transfers
 from medgr2_ray.eval.rundata import CycleData, prepare_data
+from medgr2_ray.eval.timeline import write_timeline
+from medgr2_ray.loop.evaluation import finish_evaluation, start_evaluation
+from medgr2_ray.loop.flywheel import Flywheel
+from medgr2_ray.loop.grpo_stage import grpo_learner, grpo_on
+from medgr2_ray.loop.learner_lane import draw_salt
+from medgr2_ray.loop.round_state import RoundRecord
+from medgr2_ray.loop.rounds import plan_rounds, run_rounds
+from medgr2_ray.loop.transfer import run_configured_transfers
+from medgr2_ray.messages import Recipe, Span, StageWork
 from medgr2_ray.metrics import RunLog
 from medgr2_ray.models.tiny import ensure_model_dir
 from medgr2_ray.types import Sample
+
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,8 @@ class CycleResult:
     evals: dict[str, EvalResult]
     report: Path
     seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    kept: int = 0
 
 
 def with_absolute_paths(cfg: Config) -> Config:
@@ -72,50 +88,155 @@ def _run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def run_rounds(cfg: Config, data: CycleData, run_dir: Path, log: RunLog, progress: Progress,
-               resume: bool = False) -> tuple[list[Sample], Path]:
-    """Round 0 and rounds 1..N; returns every kept generated sample and R's directory.
+def model_dirs(cfg: Config) -> ModelDirs:
+    """Each model's starting directory (tiny models are built offline into the cache once)."""
+    cache, seed = cfg.data.cache_dir, cfg.run.seed
+    return ModelDirs(str(ensure_model_dir(cfg.policy, cache, seed, "policy")),
+                     str(ensure_model_dir(cfg.generator, cache, seed, "generator")),
+                     str(ensure_model_dir(cfg.reward_model, cache, seed, "reward")))
 
-    Each round ends with checkpoints of G and R and `data/round_k/DONE.json` (see `round_state.py`).
-    With `resume`, complete rounds are skipped: G and R come back from the last one's checkpoints and
-    the rounds after it run; a round without DONE is redone from its start in an emptied directory;
-    when every round is complete and R's directory was written after the last one, nothing is rebuilt.
-    A config that changes what the rounds produce is refused with the differing fields named.
-    Without `resume` (as before resume existed) the rounds start over from round 0 in the same run
-    directory: every DONE.json is removed first, and each round's directory is replaced when that round
-    starts, so nothing is appended; an earlier run's round directories beyond `cycle.rounds` stay on
-    disk but never count as complete.
-    """
-    fingerprint = rounds_fingerprint(cfg, [i.image_id for i in data.pool.images], [i.image_id for i in data.train])
-    done = completed_rounds(run_dir) if resume else []
-    check_resumable(done, fingerprint, cfg.cycle.rounds)
-    if done and done[-1].round == cfg.cycle.rounds and (rm_ready := final_reward_dir(run_dir, done[-1])):
-        progress("rounds: all complete (resumed)", len(done), len(done))
-        return completed_data(run_dir, done)[0], rm_ready
-    clear_final(run_dir)
-    if not done:
-        forget_rounds(run_dir)  # starting over: an earlier run's rounds here must never count as this run's
-    cache = cfg.data.cache_dir
-    evo = CoEvolution(cfg, ensure_model_dir(cfg.generator, cache, cfg.run.seed, "generator"),
-                      ensure_model_dir(cfg.reward_model, cache, cfg.run.seed, "reward"),
-                      {i.image_id: i for i in data.pool.images}, ImageCache.of_images(data.pool.images, data.pool.root), run_dir, log, progress)
-    try:
-        if done:
-            evo.restore(done)
-            progress("rounds: resumed after round", done[-1].round, cfg.cycle.rounds)
-        else:
-            evo.bootstrap(data.seeds)
-            evo.complete_round(0, fingerprint)
-        for k in range(len(done) or 1, cfg.cycle.rounds + 1):
-            evo.run_round(k, data.train)
-            evo.complete_round(k, fingerprint)
-        rm_dir = evo.save(run_dir / "models" / "reward_model")
-        (run_dir / "data" / "rounds.json").write_text(json.dumps(evo.state.summaries, indent=1))
-        assert evo.state.last is not None  # complete_round ran at least for round 0
-        write_final(run_dir, evo.state.last, rm_dir)
-        return evo.state.kept, rm_dir
-    finally:
-        evo.shutdown()
+
+def build_system(cfg: Config, data: CycleData, run_dir: Path, resume_rounds: int, prefix: str = "") -> ActorSystem:
+    """Put every image's pixels into the object store once and start the whole actor system."""
+    images = {i.image_id: ray.put(data.pool.read_rgb(i)) for i in data.pool.images}
+    shared = ActorSystem.shared(cfg, prefix, run_dir / "ray_train", images, {i.image_id: i for i in data.pool.images})
+    store = StoreSpec(str(run_dir / "data"), tuple(data.seeds), cfg.selection, cfg.run.seed, cfg.cycle.mode == "rounds",
+                      shared.pool, images, tuple(i.image_id for i in data.test), tuple(s.question for s in data.test_samples),
+                      cfg.cycle.generator_staleness, cfg.cycle.reward_staleness, resume_rounds)
+    return ActorSystem.build_flywheel(shared, model_dirs(cfg), store)
+
+
+class Stopwatch:
+    """Wall time per stage, for the summary and the run log."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._t
+        self._t = now
+
+
+def _data_phase(cfg: Config, wheel: Flywheel, data: CycleData, run_dir: Path, done: list[RoundRecord]) -> None:
+    """The flywheel's data phase in the configured mode; P's SFT is done when it returns."""
+    if cfg.cycle.mode == "continuous":
+        wheel.run_continuous()
+        return
+    run_rounds(wheel, cfg, data, run_dir, done)
+    wheel.train_solver()
+
+
+@dataclass(frozen=True)
+class DataRun:
+    """What the data side alone produced (`run_data_only`)."""
+
+    run_dir: Path
+    kept: list[Sample]
+    reward_dir: Path
+    seconds: float
+    ledger: Any  # the data lane's DataLedger
+    timeline: Path
+
+
+def run_data_only(cfg: Config, progress: Progress, resume: bool = False, budget_s: float | None = None,
+                  prefix: str = "") -> DataRun:
+    """G and R's co-evolution without the solver (tests and benchmarks): the rounds mode's rounds, or the
+    continuous mode for `budget_s` seconds of generation after the bootstrap. Ray must be initialised."""
+    start = time.time()
+    cfg = with_absolute_paths(cfg)
+    run_dir = _run_dir(cfg)
+    data = prepare_data(cfg)
+    done = plan_rounds(cfg, data, run_dir, resume) if cfg.cycle.mode == "rounds" else []
+    with RunLog(run_dir, tensorboard=False) as log:
+        system = build_system(cfg, data, run_dir, done[-1].round if done else 0, prefix)
+        try:
+            wheel = Flywheel(cfg, system, data, log, progress)
+            if cfg.cycle.mode == "rounds":
+                run_rounds(wheel, cfg, data, run_dir, done)
+            else:
+                wheel.run_continuous(budget_s=budget_s)
+            kept: list[Sample] = ray.get(system.store.kept_samples.remote())
+            assert system.r_learner is not None
+            reward_dir = Path(system.r_learner.save_pretrained(run_dir / "models" / "reward_model"))
+            timeline = _write_timeline(system, wheel, run_dir, start)
+        finally:
+            system.shutdown()
+    return DataRun(run_dir, kept, reward_dir, time.time() - start, wheel.lane.ledger, timeline)
+
+
+def _grpo(cfg: Config, system: ActorSystem, wheel: Flywheel, train_set: list[Sample], run_dir: Path,
+          progress: Progress, resume: bool) -> Path:
+    """GRPO on the same learner and scorer pool, on kept questions P's SFT did not draw (all of the
+    solver's training set when fewer than one step's worth are left)."""
+    fresh = ray.get(system.store.kept_samples.remote(0, draw_salt(wheel.p.salt, Recipe.SOLVER_SFT)))
+    prompts = fresh if len(fresh) >= cfg.grpo.prompts_per_step else train_set
+    wheel.phase = "grpo"
+    system.learner.run(StageWork(grpo_learner(cfg)))
+    return grpo_on(cfg, system, prompts, run_dir, progress, resume, wheel.spans)
+
+
+def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleResult:
+    """Run every stage (see the module docstring); Ray must be initialised."""
+    start, clock = time.time(), Stopwatch()
+    cfg = with_absolute_paths(cfg)
+    if resume and cfg.cycle.mode == "continuous":
+        raise ValueError("--resume continues runs made with cycle.mode=rounds; a continuous run starts over "
+                         "(its learners and store recover from actor deaths inside the run)")
+    run_dir = _run_dir(cfg)
+    data = prepare_data(cfg)
+    done = plan_rounds(cfg, data, run_dir, resume) if cfg.cycle.mode == "rounds" else []
+    evals: dict[str, EvalResult] = {}
+    with RunLog(run_dir) as log:
+        system = build_system(cfg, data, run_dir, done[-1].round if done else 0)
+        clock.lap("start actors")
+        try:
+            untrained = start_evaluation(cfg, Path(system.learner.spec.model_dir), data.test_samples)
+            wheel = Flywheel(cfg, system, data, log, progress)
+            _data_phase(cfg, wheel, data, run_dir, done)
+            clock.lap("data + solver SFT")
+            kept: list[Sample] = ray.get(system.store.kept_samples.remote())
+            train_set = kept + (data.seeds if cfg.solver.include_seeds else [])
+            write_samples(run_dir / "data" / "solver_train.jsonl", train_set)
+            sft_dir = Path(system.learner.save_pretrained(run_dir / "models" / "solver_sft"))
+            after_sft = start_evaluation(cfg, sft_dir, data.test_samples)
+            evals["untrained"] = finish_evaluation(untrained, run_dir, "0_untrained")
+            final = sft_dir
+            if cfg.solver.grpo and cfg.grpo.steps > 0:
+                final = _grpo(cfg, system, wheel, train_set, run_dir, progress, resume)
+            evals["after_sft"] = finish_evaluation(after_sft, run_dir, "1_after_sft")
+            if final != sft_dir:
+                evals["after_grpo"] = finish_evaluation(start_evaluation(cfg, final, data.test_samples), run_dir,
+                                                        "2_after_grpo")
+            clock.lap("GRPO + evaluation")
+            _save_models(system, run_dir)
+            _write_timeline(system, wheel, run_dir, start)
+        finally:
+            system.shutdown()
+        evals.update(_external_tests(cfg, final, run_dir))
+        run_configured_transfers(cfg, data, run_dir, progress)  # Med-R1 protocols, if eval.transfer_protocols
+        for name, result in evals.items():
+            log.log(0, {"accuracy": result.accuracy, "blind_bound": result.blind_bound}, f"eval_{name}")
+    report = build_report(run_dir)
+    clock.lap("report")
+    return CycleResult(run_dir, evals, report, time.time() - start, clock.seconds, len(kept))
+
+
+def _save_models(system: ActorSystem, run_dir: Path) -> None:
+    """G and R as directories beside the solver (for inspection, `medgr2 eval`, and a later run)."""
+    assert system.g_learner is not None and system.r_learner is not None
+    system.g_learner.save_pretrained(run_dir / "models" / "generator")
+    system.r_learner.save_pretrained(run_dir / "models" / "reward_model")
+
+
+def _write_timeline(system: ActorSystem, wheel: Flywheel, run_dir: Path, t0: float) -> Path:
+    """Every actor's busy spans (pools via the monitor, learners from their reports) as `timeline.jsonl`."""
+    spans: list[Span] = list(ray.get(system.monitor.drain_spans.remote()))
+    for lane in (wheel.g, wheel.r, wheel.p):
+        spans += lane.spans
+    spans += wheel.spans
+    return write_timeline(run_dir / "timeline.jsonl", spans, t0)
 
 
 def _external_tests(cfg: Config, model_dir: Path, run_dir: Path) -> dict[str, EvalResult]:
@@ -123,6 +244,7 @@ def _external_tests(cfg: Config, model_dir: Path, run_dir: Path) -> dict[str, Ev
     cannot be read is counted in `eval/<name>.errors.json`, never silently skipped."""
     from medgr2_ray.data.formats import read_omnimedvqa
     from medgr2_ray.data.store import RecordError
+    from medgr2_ray.loop.evaluation import evaluate_solver
 
     out: dict[str, EvalResult] = {}
     for path in cfg.data.test_sets:
@@ -134,35 +256,3 @@ def _external_tests(cfg: Config, model_dir: Path, run_dir: Path) -> dict[str, Ev
         if samples:
             out[name] = evaluate_solver(cfg, model_dir, samples, run_dir, f"3_{name}")
     return out
-
-
-def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleResult:
-    """Run every stage (see the module docstring); Ray must be initialised."""
-    from medgr2_ray.loop.grpo_stage import run_grpo
-
-    start = time.perf_counter()
-    cfg = with_absolute_paths(cfg)
-    run_dir = _run_dir(cfg)
-    data = prepare_data(cfg)
-    evals: dict[str, EvalResult] = {}
-    with RunLog(run_dir) as log:
-        kept, rm_dir = run_rounds(cfg, data, run_dir, log, progress, resume)
-        policy_dir = ensure_model_dir(cfg.policy, cfg.data.cache_dir, cfg.run.seed, "policy")
-        evals["untrained"] = evaluate_solver(cfg, policy_dir, data.test_samples, run_dir, "0_untrained")
-        train_set = kept + (data.seeds if cfg.solver.include_seeds else [])
-        write_samples(run_dir / "data" / "solver_train.jsonl", train_set)
-        sft = run_solver_sft(cfg, policy_dir, train_set, run_dir, cfg.solver.sft_steps, cfg.solver.sft_batch_size,
-                             cfg.solver.augment, resume=resume)
-        for i, loss in enumerate(sft.losses):
-            log.log(min((i + 1) * REPORT_EVERY, sft.steps), {"loss": loss}, "solver_sft")
-        evals["after_sft"] = evaluate_solver(cfg, sft.model_dir, data.test_samples, run_dir, "1_after_sft")
-        final = sft.model_dir
-        if cfg.solver.grpo and cfg.grpo.steps > 0:
-            final = run_grpo(cfg, sft.model_dir, rm_dir, train_set, ImageCache.of_images(data.pool.images, data.pool.root), run_dir, progress, resume)
-            evals["after_grpo"] = evaluate_solver(cfg, final, data.test_samples, run_dir, "2_after_grpo")
-        evals.update(_external_tests(cfg, final, run_dir))
-        run_configured_transfers(cfg, data, run_dir, progress)  # Med-R1 protocols, if eval.transfer_protocols
-        for name, result in evals.items():
-            log.log(0, {"accuracy": result.accuracy, "blind_bound": result.blind_bound}, f"eval_{name}")
-    report = build_report(run_dir)
-    return CycleResult(run_dir, evals, report, time.perf_counter() - start)

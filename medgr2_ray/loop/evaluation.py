@@ -45,16 +45,27 @@ def _evaluate(cfg_json: dict[str, Any], model_dir: str, samples: list[dict[str, 
     return {**asdict(likelihood), "greedy_accuracy": strict.accuracy, "greedy_by_modality": strict.by_modality}
 
 
-def evaluate_solver(cfg: Config, model_dir: Path, samples: list[Any], run_dir: Path, point: str) -> EvalResult:
-    """Evaluate the solver at `model_dir` on `samples`; writes `eval/<point>.json`; returns the result."""
+def start_evaluation(cfg: Config, model_dir: Path, samples: list[Any]) -> Any:
+    """Start evaluating the solver at `model_dir` on `samples` as a Ray task; returns its ref (the run
+    goes on meanwhile: the task asks for a learner rank's resources, as any other model process)."""
     from medgr2_ray.data.store import sample_to_dict
 
     task = ray.remote(_evaluate).options(
         num_cpus=cfg.learner.num_cpus_per_rank, num_gpus=cfg.learner.num_gpus_per_rank, max_retries=1,
     )
-    result = ray.get(task.remote(cfg.model_dump(mode="json"), str(model_dir), [sample_to_dict(s) for s in samples]))
+    return task.remote(cfg.model_dump(mode="json"), str(model_dir), [sample_to_dict(s) for s in samples])
+
+
+def finish_evaluation(ref: Any, run_dir: Path, point: str) -> EvalResult:
+    """Wait for an evaluation; writes `eval/<point>.json`; returns the result."""
+    result = ray.get(ref)
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{point}.json").write_text(json.dumps(result, indent=1))
     fields = {k: result[k] for k in EvalResult.__dataclass_fields__}
     return EvalResult(**fields)
+
+
+def evaluate_solver(cfg: Config, model_dir: Path, samples: list[Any], run_dir: Path, point: str) -> EvalResult:
+    """Evaluate the solver at `model_dir` on `samples`; writes `eval/<point>.json`; returns the result."""
+    return finish_evaluation(start_evaluation(cfg, model_dir, samples), run_dir, point)

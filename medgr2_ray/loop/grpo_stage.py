@@ -1,23 +1,27 @@
 """Solver stage 2: GRPO on the continuous asynchronous loop, with MedGR²'s combined reward.
 
-Starts the loop's actors (policy rollout pool, scorer pool holding the evolved reward model, learner
-ranks, buffer, monitor) from the SFT'd policy, runs `grpo.steps` steps of `controller.Controller`
-(the controller checkpoints every `loop.checkpoint_every` steps; `resume` continues from the newest),
-and writes the final policy as a model directory for evaluation.
+`grpo_on` runs it on an actor system that already lives (the whole cycle's: P's learner goes on from its
+SFT, the scorer pool holds R's newest weights): the policy pool starts, `controller.Controller` runs
+`grpo.steps` steps (checkpointing every `loop.checkpoint_every` steps; `resume` continues from the
+newest), and the final policy is written as a model directory for evaluation. `run_grpo` is the bare
+GRPO job (`jobs/grpo_async.py`): it builds its own system around a policy and a reward model directory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import ray
 
 from medgr2_ray.actors.system import ActorSystem
-from medgr2_ray.config import Config
-from medgr2_ray.loop.controller import Controller
-from medgr2_ray.loop.rounds import Progress
 from medgr2_ray.algo.requests import solver_requests
+from medgr2_ray.config import Config, LearnerConfig
+from medgr2_ray.data.store import ImagePool
+from medgr2_ray.loop.controller import Controller
+from medgr2_ray.loop.flywheel import Progress
+from medgr2_ray.messages import Span
 from medgr2_ray.types import Sample
 
 
@@ -27,31 +31,41 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def stage_config(cfg: Config) -> Config:
-    """The config the GRPO stage's actors get: `grpo.lr`, when set, replaces `learner.lr` (the learner
+def grpo_learner(cfg: Config) -> LearnerConfig:
+    """The learner settings of the GRPO stage: `grpo.lr`, when set, replaces `learner.lr` (the learner
     section keeps serving SFT and the rounds with its own rate)."""
-    if cfg.grpo.lr is None:
-        return cfg
-    return cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"lr": cfg.grpo.lr})})
+    return cfg.learner if cfg.grpo.lr is None else cfg.learner.model_copy(update={"lr": cfg.grpo.lr})
 
 
-def run_grpo(cfg: Config, policy_dir: Path, reward_dir: Path | None, samples: Sequence[Sample],
-             lookup: Callable[[str], np.ndarray], run_dir: Path, progress: Progress, resume: bool = False) -> Path:
-    """GRPO from `policy_dir`; returns the directory of the trained policy."""
-    cfg = stage_config(cfg)
-    system = ActorSystem.build(cfg, policy_dir, reward_dir if cfg.reward.alpha > 0 else None)
+def stage_config(cfg: Config) -> Config:
+    """The whole config as the GRPO stage sees it (`grpo_learner` in place of `learner`)."""
+    return cfg.model_copy(update={"learner": grpo_learner(cfg)})
+
+
+def grpo_on(cfg: Config, system: ActorSystem, samples: Sequence[Sample], run_dir: Path, progress: Progress,
+            resume: bool = False, spans: list[Span] | None = None) -> Path:
+    """GRPO on `system`'s learner, policy pool and scorer pool; returns the trained policy's directory."""
+    system.rollout.scale_to(cfg.rollout_pool.min_workers)
+    controller = Controller(stage_config(cfg), system, solver_requests(samples, None), run_dir)
+    latest = latest_checkpoint(run_dir) if resume else None
+    if latest is not None:
+        controller.resume(latest)
+    progress("GRPO", controller.steps_done, cfg.grpo.steps)
+    # One call for all steps: the loop launches generation ahead of the learner across step boundaries.
+    controller.run(cfg.grpo.steps, lambda done: progress("GRPO", done, cfg.grpo.steps))
+    controller.close()
+    if spans is not None:
+        spans.extend(controller.spans)
+    return Path(system.learner.save_pretrained(run_dir / "models" / "solver_grpo"))
+
+
+def run_grpo(cfg: Config, policy_dir: Path, reward_dir: Path | None, samples: Sequence[Sample], pool: ImagePool,
+             run_dir: Path, progress: Progress, resume: bool = False) -> Path:
+    """The bare GRPO job from `policy_dir`; returns the directory of the trained policy."""
+    needed = {s.image_id for s in samples}
+    images: dict[str, Any] = {i.image_id: ray.put(pool.read_rgb(i)) for i in pool.images if i.image_id in needed}
+    system = ActorSystem.build(stage_config(cfg), policy_dir, reward_dir, storage=run_dir / "ray_train", images=images)
     try:
-        # The controller checkpoints itself every `loop.checkpoint_every` steps into checkpoints/step_N.
-        controller = Controller(cfg, system, solver_requests(samples, lookup), run_dir)
-        latest = latest_checkpoint(run_dir) if resume else None
-        if latest is not None:
-            controller.resume(latest)
-        progress("GRPO", controller.steps_done, cfg.grpo.steps)
-        # One call for all steps: the loop launches generation ahead of the learner across step
-        # boundaries, which it cannot do when driven one step at a time.
-        controller.run(cfg.grpo.steps)
-        progress("GRPO", controller.steps_done, cfg.grpo.steps)
-        controller.close()
-        return Path(system.learner.save_pretrained(run_dir / "models" / "solver_grpo"))
+        return grpo_on(cfg, system, samples, run_dir, progress, resume)
     finally:
         system.shutdown()

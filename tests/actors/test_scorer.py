@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from medgr2_ray.actors.scorer import ScorerActor, reward_model_request
+from medgr2_ray.actors.scorer import ScorerActor, ScorerSpec, reward_model_request
 from medgr2_ray.algo.rewards import normalize_rm_score
 from medgr2_ray.config import LearnerConfig, ModelConfig, RewardConfig
 from medgr2_ray.learner.reward import RewardLearner
@@ -50,7 +50,7 @@ def _rollouts(rid: str, texts: list[str]) -> list[Rollout]:
 def test_combined_reward_is_alpha_norm_r_plus_beta_accuracy(kind: str, request: pytest.FixtureRequest) -> None:
     model_dir = request.getfixturevalue("reward_dir" if kind == "scalar" else "verifier_dir")
     cfg = RewardConfig()  # alpha 0.8, beta 0.2
-    scorer = ScorerActor(str(model_dir), ModelConfig(), cfg, micro_batch_size=4, seed=0)
+    scorer = ScorerActor(ScorerSpec(str(model_dir), ModelConfig(), cfg, micro_batch_size=4, seed=0))
     question, texts = _request("q1"), ["A", "B", "CT", "no idea"]
     rollouts = _rollouts("q1", texts)
     (group,) = scorer.score([question], rollouts)
@@ -68,7 +68,7 @@ def test_combined_reward_is_alpha_norm_r_plus_beta_accuracy(kind: str, request: 
 
 
 def test_a_request_without_an_answer_gets_nan_not_an_exception(reward_dir: Path) -> None:
-    scorer = ScorerActor(str(reward_dir), ModelConfig(), RewardConfig(), micro_batch_size=4, seed=0)
+    scorer = ScorerActor(ScorerSpec(str(reward_dir), ModelConfig(), RewardConfig(), micro_batch_size=4, seed=0))
     good, bad = _request("good"), _request("bad", with_sample=False)
     groups = scorer.score([good, bad], _rollouts("good", ["A"]) + _rollouts("bad", ["A", "B"]))
     assert math.isfinite(float(groups[0].rewards[0]))
@@ -78,7 +78,7 @@ def test_a_request_without_an_answer_gets_nan_not_an_exception(reward_dir: Path)
 
 
 def test_published_reward_model_weights_replace_the_scorers(ray_cluster: None, reward_dir: Path) -> None:
-    scorer = ScorerActor(str(reward_dir), ModelConfig(), RewardConfig(), micro_batch_size=4, seed=0)
+    scorer = ScorerActor(ScorerSpec(str(reward_dir), ModelConfig(), RewardConfig(), micro_batch_size=4, seed=0))
     trained = RewardLearner(reward_dir, ModelConfig(), LearnerConfig(micro_batch_size=4, lr=1e-2), seed=0)
     with torch.no_grad():
         trained.reward_model.head.bias.add_(3.0)  # an "updated" R: every score moves by +3

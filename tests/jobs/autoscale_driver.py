@@ -46,7 +46,7 @@ def main(address: str) -> None:
     ray.init(address=address, namespace="autoscale-test")
     head_nodes = alive_nodes()
     config = PoolConfig(min_workers=0, max_workers=2, num_cpus=1, resources={"rollout_slot": 1}, max_restarts=0)
-    pool = WorkerPool("rollout", RolloutProbe, config, lambda i: (i,))
+    pool = WorkerPool("rollout", RolloutProbe, config, lambda i: i)
     autoscaler = PoolAutoscaler(pool, config, LoopConfig(scale_up_wait_s=0.5, scale_down_fill=0.9, scale_patience=2))
     targets: list[int] = []
     while not targets or targets[-1] < 2:  # the learner keeps waiting for data: grow

@@ -49,7 +49,7 @@ def test_worker_pool_starts_names_and_stops_actors(ray_cluster: None) -> None:
             return self.index
 
     cfg = PoolConfig(min_workers=1, max_workers=3, num_cpus=0, max_restarts=0)
-    pool = WorkerPool("probe-pool", Idle, cfg, lambda i: (i,))
+    pool = WorkerPool("probe-pool", Idle, cfg, lambda i: i)
     pool.scale_to(5)  # clamped to max_workers
     assert len(pool.members) == 3
     for _ in range(120):

@@ -1,13 +1,15 @@
 """`medgr2 run --resume` continues the generator / reward-model co-evolution rounds, on real Ray with real
 tiny models and the real seed pool.
 
-Three runs of `run_rounds` share the work of every test here (module fixtures):
+Three runs of the rounds mode (`loop.cycle.run_data_only` with `cycle.mode=rounds`: the flywheel's actors,
+G and R hosted by Ray Train, without the solver) share the work of every test here (module fixtures):
 - "resumed": rounds=1, then `resume=True` with rounds=2;
 - "straight": rounds=2 in one go, then its round 2 redone after its DONE.json was deleted (a crash after
   the round's files and checkpoints were written but before it was marked complete).
 Generation is deterministic given the seeds (the generator engine seeds a torch.Generator per call from
-`run.seed + k`; batches, grading and selection are seeded; the learners' checkpoints restore optimizer
-and RNG state; one torch thread), so a resumed round must equal the uninterrupted one byte for byte.
+the run's seed and the call's first request id; batches, grading and selection are seeded; the learners'
+checkpoints restore optimizer and RNG state; one torch thread), so a resumed round must equal the
+uninterrupted one byte for byte.
 The generator is bootstrapped for 100 steps so that rounds 1 and 2 both keep samples (a 3-step
 generator writes nothing parseable, which would make the "no duplicates" checks vacuous).
 """
@@ -35,7 +37,8 @@ ROUNDS = [
     "cycle.tasks=[Modality Recognition]", "cycle.strategies=[direct]", "cycle.images_per_round=4",
     "cycle.samples_per_prompt=2", "cycle.temperature=0.3", "cycle.max_new_tokens=120", "cycle.batch_size=8",
     "cycle.generator_bootstrap_steps=100", "cycle.rm_bootstrap_steps=3", "cycle.rm_answer_steps=3", "cycle.generator_rft_steps=1",
-    "cycle.rm_refresh_steps=2", "learner.lr=5e-3",
+    "cycle.rm_refresh_steps=2", "learner.lr=5e-3", "cycle.mode=rounds", "learner.num_cpus_per_rank=0.5",
+    "generator_pool.num_cpus=0.5", "scorer_pool.num_cpus=0.5", "learner.checkpoint_every=0",
 ]
 
 
@@ -53,17 +56,11 @@ class RoundsRun:
 
 
 def _run_rounds(cfg: Config, resume: bool) -> RoundsRun:
-    from medgr2_ray.eval.rundata import prepare_data
-    from medgr2_ray.loop.cycle import run_rounds, with_absolute_paths
-    from medgr2_ray.metrics import RunLog
+    from medgr2_ray.loop.cycle import run_data_only
 
-    cfg = with_absolute_paths(cfg)
-    run_dir = Path(cfg.run.root) / cfg.run.name
     stages: list[str] = []
-    with RunLog(run_dir, tensorboard=False) as log:
-        kept, reward_dir = run_rounds(cfg, prepare_data(cfg), run_dir, log,
-                                      lambda stage, done, total: stages.append(stage), resume=resume)
-    return RoundsRun(kept, reward_dir, stages)
+    run = run_data_only(cfg, lambda stage, done, total: stages.append(stage), resume=resume)
+    return RoundsRun(run.kept, run.reward_dir, list(dict.fromkeys(stages)))
 
 
 def _files(run_dir: Path, rounds: range) -> dict[str, tuple[bytes, int]]:
@@ -141,43 +138,43 @@ def test_resumed_round_equals_the_uninterrupted_one(resumed: Resumed, straight: 
 
 
 def test_restore_reloads_exactly_the_saved_weights_and_kept_samples(resumed: Resumed, tiny_cache: Path) -> None:
-    from medgr2_ray.data.images import ImageCache
     from medgr2_ray.eval.rundata import prepare_data
-    from medgr2_ray.loop.cycle import with_absolute_paths
-    from medgr2_ray.loop.rounds import CoEvolution
-    from medgr2_ray.metrics import RunLog
-    from medgr2_ray.models.tiny import ensure_model_dir
+    from medgr2_ray.loop.cycle import build_system, with_absolute_paths
+    from medgr2_ray.loop.flywheel import Flywheel
+    from medgr2_ray.loop.rounds import restore
 
     cfg = with_absolute_paths(_config(resumed.run_dir.parent, "resumed", tiny_cache, "cycle.rounds=2"))
     data = prepare_data(cfg)
     records = completed_rounds(resumed.run_dir)[:2]  # back to the end of round 1 (its checkpoint is kept)
     saved = {name: load_tensors(round_checkpoint(resumed.run_dir, 1) / name / "model.safetensors")
              for name in ("generator", "reward_model")}
-    with RunLog(resumed.run_dir, tensorboard=False) as log:
-        evo = CoEvolution(cfg, ensure_model_dir(cfg.generator, cfg.data.cache_dir, 0, "generator"),
-                          ensure_model_dir(cfg.reward_model, cfg.data.cache_dir, 0, "reward"),
-                          {i.image_id: i for i in data.pool.images}, ImageCache.of_images(data.pool.images, data.pool.root), resumed.run_dir, log,
-                          lambda *_: None)
-        try:
-            fresh_g = _as_tensors(evo.g_learner.weights_numpy())
-            assert not _tensors_equal(fresh_g, saved["generator"])  # so the equality below means something
-            with pytest.raises(IncompatibleRunError, match=r"round_0/generator: no checkpoint written by round 0"):
-                evo.restore(records[:1])  # round 0's checkpoints were pruned once round 2 completed
-            evo.restore(records)
-            g = _as_tensors(evo.g_learner.weights_numpy())
-            r = _as_tensors(ray.get(evo.r_learner.export_state_numpy.remote()))
-            assert _tensors_equal(g, saved["generator"]) and _tensors_equal(r, saved["reward_model"])
-            assert evo.state.kept == resumed.first.kept
-            assert (evo.state.generator_version, evo.state.rm_version) == (records[-1].generator_version,
-                                                                          records[-1].rm_version)
-        finally:
-            evo.shutdown()
+    system = build_system(cfg, data, resumed.run_dir, resume_rounds=1, prefix="restore-")
+    try:
+        wheel = Flywheel(cfg, system, data, None, lambda *_: None)
+        fresh_g = _as_tensors(system.g_learner.weights_numpy())
+        assert not _tensors_equal(_only(fresh_g, saved["generator"]), saved["generator"])  # so equality means something
+        with pytest.raises(IncompatibleRunError, match=r"round_0/generator: no checkpoint written by round 0"):
+            restore(wheel, resumed.run_dir, records[0])  # round 0's checkpoints were pruned once round 2 completed
+        restore(wheel, resumed.run_dir, records[-1])
+        g = _as_tensors(system.g_learner.weights_numpy())
+        r = _as_tensors(system.r_learner.weights_numpy())
+        assert _tensors_equal(_only(g, saved["generator"]), saved["generator"])
+        assert _tensors_equal(_only(r, saved["reward_model"]), saved["reward_model"])
+        assert ray.get(system.store.kept_samples.remote()) == resumed.first.kept
+        assert wheel.kept_total == len(resumed.first.kept)
+    finally:
+        system.shutdown()
+
+
+def _only(tensors: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The published weights that a checkpoint also holds (it keeps trainable parameters only)."""
+    return {k: tensors[k] for k in like}
 
 
 def test_every_round_complete_goes_straight_on(resumed: Resumed, tiny_cache: Path) -> None:
     before = _files(resumed.run_dir, range(3))
     again = _run_rounds(_config(resumed.run_dir.parent, "resumed", tiny_cache, "cycle.rounds=2"), resume=True)
-    assert again.stages == ["rounds: all complete (resumed)"]  # no actor was started, nothing trained
+    assert again.stages == ["rounds: resumed after round"]  # nothing generated, nothing trained
     assert again.kept == resumed.second.kept and again.reward_dir == resumed.second.reward_dir
     assert _files(resumed.run_dir, range(3)) == before
 
@@ -203,7 +200,7 @@ def test_a_round_without_done_is_redone_once_not_appended(straight: Straight, ti
         f.write('{"sample_id": "half-writ')
     (round_dir(run, 2) / "stray.tmp").write_text("partial")
     redone = _run_rounds(_config(run.parent, "straight", tiny_cache, "cycle.rounds=2"), resume=True)
-    assert "round 0: generator SFT" not in redone.stages and "round 1: generator RFT" not in redone.stages
+    assert "round 0: bootstrap G and R" not in redone.stages and "round 1: generate + score" not in redone.stages
     assert sorted(p.name for p in round_dir(run, 2).iterdir()) == sorted(Path(k).name for k in straight.round_2)
     samples = read_samples(round_dir(run, 2) / "samples.jsonl")
     assert samples and samples == straight.round_2_samples  # not doubled (nor appended to), and the same samples
@@ -221,7 +218,7 @@ def test_fresh_start_without_resume_starts_the_rounds_over(straight: Straight, t
     shutil.copytree(straight.run_dir, run)
     old_seeds_mtime = (round_dir(run, 0) / "seeds.jsonl").stat().st_mtime_ns
     again = _run_rounds(_config(tmp_path, "straight", tiny_cache, "cycle.rounds=0"), resume=False)
-    assert "round 0: generator SFT" in again.stages and again.kept == []
+    assert "round 0: bootstrap G and R" in again.stages and again.kept == []
     assert (round_dir(run, 0) / "seeds.jsonl").stat().st_mtime_ns != old_seeds_mtime
     assert [r.round for r in completed_rounds(run)] == [0]
     assert (round_dir(run, 2) / "samples.jsonl").is_file() and not (round_dir(run, 2) / DONE).exists()

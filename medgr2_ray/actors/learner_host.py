@@ -1,0 +1,283 @@
+"""Every learner of the cycle (G, R and the solver P) hosted one way: a Ray Train `TorchTrainer` whose
+train function runs the work its `LearnerFeed` hands out.
+
+Why Ray Train: it places the ranks (a placement group, one bundle per rank), builds the process group
+(gloo on CPU, NCCL on GPU; DeepSpeed ZeRO runs inside the function through `learner.strategy`), and its
+`FailureConfig` restarts a dead worker group from the last checkpoint the function reported. The feed
+makes that restart lossless: the new group asks again from the first item the checkpoint does not
+cover and redoes it on the very same batch (see `actors/feed.py`).
+
+The train function (`learner_loop`) builds the learner the spec names (`PolicyLearner` for G and P,
+`RewardLearner` for R), then, on every rank, in order: pulls item i, runs it (a training step through
+`learner.recipes`, a publish, a save, a checkpoint), reports a `WorkDone`, and every `checkpoint_every`
+items reports a Ray Train checkpoint. Rank 0 publishes weights through the object store
+(`sync.weights.publish_weights`); objects a worker puts die with it, so after a restart it publishes
+again at once, above the newest version the feed has seen (versions only grow).
+
+`LearnerHost` is the driver's handle: `submit` returns the index whose `result_ref` the controller can
+`ray.wait` on; `run` submits and waits; `latest` is the newest published `WeightVersion`. `fit()` runs
+inside a Ray task, so the driver stays free, and a learner that fails for good surfaces as that task's
+error (`check`).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from medgr2_ray.config import AugmentConfig, GRPOConfig, GradedDataConfig, LearnerConfig, ModelConfig
+from medgr2_ray.messages import (CheckpointWork, FeedStatus, PublishWork, RestoreWork, SaveWork, StageWork, StopWork,
+                                 TrainWork, Work, WorkDone)
+from medgr2_ray.types import MedImage, RewardObjective, WeightVersion
+
+STATE_DIR = "learner"  # inside a Ray Train checkpoint
+
+
+class LearnerModel(enum.Enum):
+    """Which learner class a spec builds."""
+
+    POLICY = "policy"  # PolicyLearner: the generator G and the solver P
+    REWARD = "reward"  # RewardLearner: the reward model R
+
+
+@dataclass(frozen=True)
+class LearnerSpec:
+    """Everything a learner's worker group needs, in one typed message."""
+
+    name: str  # "GeneratorLearner", "RewardLearner", "PolicyLearner": the dashboard and status show it
+    model: LearnerModel
+    model_dir: str
+    model_cfg: ModelConfig
+    learner_cfg: LearnerConfig
+    grpo_cfg: GRPOConfig
+    seed: int
+    storage: str  # Ray Train's storage path (the run's `ray_train/`): checkpoints live here
+    images: dict[str, Any] = field(default_factory=dict)  # image id -> ObjectRef of its pixels
+    pool: dict[str, MedImage] = field(default_factory=dict)  # image id -> record
+    objective: RewardObjective | None = None  # R only
+    graded: GradedDataConfig = field(default_factory=GradedDataConfig)
+    augment: bool = False
+    augmentation: AugmentConfig | None = None
+    checkpoint_every: int = 50  # work items between Ray Train checkpoints (0: never)
+    max_failures: int = 3  # worker-group restarts Ray Train may make
+    torch_threads: int = 1
+
+
+def _build_learner(spec: LearnerSpec, rank: int, world: int, local_rank: int) -> Any:
+    if spec.model is LearnerModel.REWARD:
+        from medgr2_ray.learner.reward import RewardLearner
+
+        return RewardLearner(spec.model_dir, spec.model_cfg, spec.learner_cfg, spec.seed, rank, world, local_rank,
+                             spec.objective)
+    from medgr2_ray.learner.policy import PolicyLearner
+
+    return PolicyLearner(spec.model_dir, spec.model_cfg, spec.learner_cfg, spec.grpo_cfg, spec.seed, rank, world,
+                         local_rank)
+
+
+def _publish(learner: Any, rank: int) -> WeightVersion | None:
+    """Every rank takes part in the export (a ZeRO-3 gather is collective); rank 0 puts the weights."""
+    from medgr2_ray.sync.weights import publish_weights
+
+    flat = learner.export_weights()
+    return publish_weights(flat, int(learner.version)) if rank == 0 and flat is not None else None
+
+
+def _execute(learner: Any, work: Work, ctx: Any, rank: int) -> tuple[dict[str, float], Any, Any, dict[str, Any]]:
+    """Run one item; returns (metrics, weights, step report, extra)."""
+    from medgr2_ray.learner.recipes import run_recipe
+
+    if isinstance(work, TrainWork):
+        before = int(learner.version)
+        try:
+            batch = ray.get(work.batch)
+        except ray.exceptions.RayError as exc:  # the store or buffer died making it: the controller redoes it
+            return {}, None, None, {"error": f"{type(exc).__name__}: the batch is lost"}
+        outcome = run_recipe(learner, work.recipe, batch, work.step, ctx)
+        # A skipped step (nothing informative to train on) leaves the weights as they are: nothing to publish.
+        weights = _publish(learner, rank) if work.publish and int(learner.version) != before else None
+        return outcome.metrics, weights, outcome.report, {}
+    if isinstance(work, PublishWork):
+        return {}, _publish(learner, rank), None, {}
+    if isinstance(work, SaveWork):
+        learner.save_pretrained(work.directory)
+        return {}, None, None, {"directory": work.directory}
+    if isinstance(work, CheckpointWork):
+        learner.save_checkpoint(work.directory, work.extra)
+        return {}, None, None, {"directory": work.directory}
+    if isinstance(work, StageWork):
+        learner.new_stage(work.learner_cfg)
+        return {}, None, None, {}
+    if isinstance(work, RestoreWork):
+        extra = learner.load_checkpoint(work.directory)
+        return {}, _publish(learner, rank), None, extra
+    raise TypeError(f"{type(work).__name__} is not a learner work item")
+
+
+def _report_checkpoint(learner: Any, spec: LearnerSpec, index: int, rank: int) -> None:
+    """All ranks write one checkpoint at a path they share; rank 0 hands it to Ray Train."""
+    import ray.train
+
+    where = Path(spec.storage) / f"{spec.name}-staging" / f"item_{index:08d}"
+    learner.save_checkpoint(where / STATE_DIR, extra={"index": index})
+    checkpoint = ray.train.Checkpoint.from_directory(str(where)) if rank == 0 else None
+    ray.train.report({"index": index, "version": int(learner.version)}, checkpoint=checkpoint)
+
+
+def learner_loop(config: dict[str, Any]) -> None:  # runs in every Ray Train worker
+    """The train function (see the module docstring)."""
+    import ray.train
+    import torch
+
+    from medgr2_ray.data.images import ImageCache
+    from medgr2_ray.learner.recipes import RecipeContext
+
+    spec: LearnerSpec = config["spec"]
+    feed = config["feed"]
+    torch.set_num_threads(spec.torch_threads)
+    ctx_train = ray.train.get_context()
+    rank, world, local = ctx_train.get_world_rank(), ctx_train.get_world_size(), ctx_train.get_local_rank()
+    learner = _build_learner(spec, rank, world, local)
+    images = ImageCache(refs=spec.images, resolve=ray.get)
+    ctx = RecipeContext(images, spec.pool, spec.seed, rank, world, spec.graded, spec.augment, spec.augmentation)
+    index = 0
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            index = int(learner.load_checkpoint(Path(d) / STATE_DIR)["index"])
+    floor = ray.get(feed.start.remote(rank, index, os.getpid()))
+    learner.version = max(int(learner.version), int(floor) + (1 if restored is not None else 0))
+    if restored is not None:  # what the dead group published died with it: publish again, above it
+        weights = _publish(learner, rank)
+        if weights is not None:
+            feed.publish.remote(weights)
+    while True:
+        work = ray.get(feed.next.remote(rank, index))
+        if isinstance(work, StopWork):
+            feed.complete.remote(WorkDone(index, rank, int(learner.version), {}, time.time(), time.time()))
+            return
+        started = time.time()
+        metrics, weights, report, extra = _execute(learner, work, ctx, rank)
+        error = extra.pop("error", None)
+        ray.get(feed.complete.remote(WorkDone(index, rank, int(learner.version), metrics, started, time.time(),
+                                              weights, report, extra, error)))
+        index += 1
+        if spec.checkpoint_every and index % spec.checkpoint_every == 0:
+            _report_checkpoint(learner, spec, index, rank)
+            if rank == 0:
+                feed.covered.remote(index)
+
+
+def _fit(trainer: Any) -> None:  # a Ray task: keeps the driver free while the learner runs
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+
+
+class LearnerError(RuntimeError):
+    """A learner's worker group failed for good (its restarts are used up)."""
+
+
+class LearnerHost:
+    """Driver-side handle on one Ray-Train-hosted learner (see the module docstring)."""
+
+    def __init__(self, spec: LearnerSpec, num_ranks: int, cpus_per_rank: float, gpus_per_rank: float,
+                 fresh: bool = True) -> None:
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from medgr2_ray.actors.feed import LearnerFeed
+
+        self.spec, self.name = spec, spec.name
+        storage = Path(spec.storage)
+        if fresh:  # Ray Train restores any snapshot under the same name: a new run must not continue an old one
+            shutil.rmtree(storage / spec.name, ignore_errors=True)
+            shutil.rmtree(storage / f"{spec.name}-staging", ignore_errors=True)
+        self.feed = ray.remote(LearnerFeed).options(name=f"{spec.name}Feed", num_cpus=0).remote(spec.name, num_ranks)
+        use_gpu = gpus_per_rank > 0
+        trainer = TorchTrainer(
+            learner_loop, train_loop_config={"spec": spec, "feed": self.feed},
+            scaling_config=ScalingConfig(num_workers=num_ranks, use_gpu=use_gpu, resources_per_worker={
+                "CPU": cpus_per_rank, **({"GPU": gpus_per_rank} if use_gpu else {})}),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            run_config=RunConfig(name=spec.name, storage_path=str(storage),
+                                 failure_config=FailureConfig(max_failures=spec.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        )
+        self.fit_ref = ray.remote(_fit).options(num_cpus=0, max_retries=0, name=f"{spec.name}-fit").remote(trainer)
+
+    def submit(self, work: Work) -> int:
+        """Queue one item; returns its index."""
+        return int(ray.get(self.feed.submit.remote(work)))
+
+    def result_ref(self, index: int) -> Any:
+        """An object ref resolving to every rank's `WorkDone` for item `index`."""
+        return self.feed.result.remote(index)
+
+    def run(self, work: Work, timeout_s: float | None = None) -> list[WorkDone]:
+        """Submit one item and wait for it (raises `LearnerError` if the learner died for good meanwhile)."""
+        ref = self.result_ref(self.submit(work))
+        done, _ = ray.wait([ref, self.fit_ref], num_returns=1, timeout=timeout_s)
+        if ref in done:
+            return ray.get(ref)
+        self.check()
+        raise TimeoutError(f"{self.name}: no result within {timeout_s} s")
+
+    def check(self) -> None:
+        """Raise `LearnerError` if the learner's `fit()` ended with an error."""
+        done, _ = ray.wait([self.fit_ref], timeout=0)
+        if done:
+            try:
+                ray.get(self.fit_ref)
+            except Exception as exc:  # the task's error is the learner's: name it
+                raise LearnerError(f"{self.name} failed: {exc}") from exc
+
+    def latest(self) -> WeightVersion | None:
+        """The newest weights this learner published."""
+        return ray.get(self.feed.latest.remote())
+
+    def status(self) -> FeedStatus:
+        """Queue and progress."""
+        return ray.get(self.feed.status.remote())
+
+    # ------------------------------------------------------------ one-item conveniences
+    def publish(self) -> WeightVersion:
+        """Publish the current weights and return them."""
+        done = self.run(PublishWork())
+        return done[0].weights if done[0].weights is not None else self.latest()  # type: ignore[return-value]
+
+    def save_pretrained(self, directory: str | Path) -> str:
+        """Write the model as a Hugging Face directory (LoRA merged); returns the path."""
+        self.run(SaveWork(str(directory)))
+        return str(directory)
+
+    def save_checkpoint(self, directory: str | Path, extra: dict[str, Any]) -> str:
+        """An exact checkpoint (weights, optimizer, schedule, version, RNG) at `directory`."""
+        self.run(CheckpointWork(str(directory), dict(extra)))
+        return str(directory)
+
+    def load_checkpoint(self, directory: str | Path) -> dict[str, Any]:
+        """Restore a `save_checkpoint` directory (and publish the restored weights); returns its extra."""
+        return self.run(RestoreWork(str(directory)))[0].extra
+
+    def weights_numpy(self) -> dict[str, Any]:
+        """The current weights as numpy arrays by name (tests compare runs with it)."""
+        from medgr2_ray.sync.flat import unpack_tensors
+
+        flat = ray.get(self.publish().ref)
+        return {k: v.detach().numpy().copy() for k, v in unpack_tensors(flat).items()}
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        """End the train loop and wait for `fit()` to return; the feed goes with it."""
+        self.submit(StopWork())
+        try:
+            ray.get(self.fit_ref, timeout=timeout_s)
+        finally:
+            ray.kill(self.feed)
