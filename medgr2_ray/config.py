@@ -223,6 +223,9 @@ class GradedDataConfig(_Section):
 
 
 class SelectionConfig(_Section):
+    """Which generated samples are kept: the rounds' batch rule (tau, top-K) and the flywheel's
+    streaming rule (tau, ranking window, quotas, contamination guard); both balance and deduplicate."""
+
     mode: Literal["reward", "random"] = "reward"
     """Keep samples by reward-model score, or at random (the ablation)."""
     tau: float | None = None
@@ -233,6 +236,29 @@ class SelectionConfig(_Section):
     """Balance kept samples over modality and task type."""
     dedup_threshold: float = Field(0.9, gt=0.0, le=1.0)
     """Drop near-duplicate questions on the same image above this similarity."""
+    window: int = Field(64, ge=1)
+    """Streaming selection (the flywheel): how many recent candidates the ranking cut and the balance
+    quotas look back over. The rounds' batch selection does not use it."""
+    keep_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    """Streaming selection: keep a candidate only if its reward ranks within the best `keep_fraction` of
+    the last `window` ranked candidates, itself included (the streaming top-K; None: no ranking cut).
+    In random mode, the probability of the seeded keep coin (1.0 when None). The rounds use `top_k`."""
+    quota_slack: float = Field(1.5, ge=1.0)
+    """Streaming balance: a (modality, task type) bucket may hold at most
+    ceil(quota_slack * (kept + 1) / active buckets) of the samples kept among the last `window`
+    decisions (1.0: exactly an equal share; a bucket alone is never limited)."""
+    guard: bool = True
+    """Streaming selection: reject candidates that leak the held-out test (its images, perceptual
+    near-duplicates of them, its specific questions). The rounds' batch selection does not apply it."""
+    phash_max_distance: int = Field(6, ge=0, le=64)
+    """Contamination guard: an image within this Hamming distance (of 64 bits) of a held-out image's DCT
+    pHash is a near-duplicate of it (measured on the seed pool: see algo/contamination.py)."""
+    test_question_similarity: float = Field(0.95, gt=0.0, le=1.0)
+    """Contamination guard: a normalised question at least this similar (difflib ratio) to a specific
+    test question repeats it (1.0: exact repeats only)."""
+    test_question_generic_images: int = Field(2, ge=0)
+    """Contamination guard: a test question asked of at least this many distinct held-out images is a
+    generic template ("What modality is this?"), not a leak, and is not checked (0: check them all)."""
 
 
 class DataConfig(_Section):

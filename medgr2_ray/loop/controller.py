@@ -38,6 +38,7 @@ import ray
 from medgr2_ray.actors.persist import load_messages, save_messages
 from medgr2_ray.actors.pool import Member
 from medgr2_ray.actors.system import ActorSystem
+from medgr2_ray.algo.admission import AdmissionState, launchable
 from medgr2_ray.config import Config
 from medgr2_ray.loop.autoscale import PoolAutoscaler, ScaleSignals
 from medgr2_ray.messages import (BufferSnapshot, LoopStatus, PoolStatus, PutReceipt, Recipe, Span, StepReport, TrainWork,
@@ -141,15 +142,12 @@ class Controller:
         return sum(len(f.requests) for f in self._in_flight())
 
     def _launchable(self, steps: int) -> int:
-        """How many more prompts may start now (staleness bound, back-pressure, end of run)."""
-        fresh = sum(c for v, c in self.buffered.items() if self.weights.version - v <= self.cfg.grpo.max_staleness)
-        queued = self._in_flight_groups() + fresh
-        # A step advances the version by at most one (a skipped step: zero), so a group queued behind
-        # `steps_started - steps_done` running steps and `queued // n` full batches lags by at most that.
-        by_staleness = (self.cfg.grpo.max_staleness - (self.steps_started - self.steps_done) + 1) * self.n
-        by_capacity = self.cfg.grpo.buffer_size - self._in_flight_groups() - sum(self.buffered.values())
-        by_end = (steps - self.steps_started) * self.n
-        return max(0, min(by_staleness - queued, by_capacity, by_end - queued))
+        """How many more prompts may start now (staleness bound, back-pressure, end of run: algo/admission.py)."""
+        return launchable(AdmissionState(
+            max_staleness=self.cfg.grpo.max_staleness, prompts_per_step=self.n, buffer_size=self.cfg.grpo.buffer_size,
+            total_steps=steps, steps_started=self.steps_started, steps_done=self.steps_done,
+            version=self.weights.version, in_flight=self._in_flight_groups(),
+            buffered=tuple(sorted(self.buffered.items()))))
 
     def _next_request(self) -> GenerationRequest:
         if self.retry:
