@@ -117,7 +117,7 @@ class ContaminationGuard:
 
     @classmethod
     def from_lookup(cls, heldout_image_ids: Iterable[str], lookup: ImageLookup, test_questions: Iterable[Sample],
-                    cfg: SelectionConfig) -> "ContaminationGuard":
+                    cfg: SelectionConfig) -> ContaminationGuard:
         """A guard over held-out images given by id, their pixels read through `lookup`."""
         return cls({image_id: lookup(image_id) for image_id in heldout_image_ids}, test_questions, cfg)
 

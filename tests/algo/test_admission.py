@@ -12,8 +12,8 @@ from medgr2_ray.algo.admission import AdmissionState, StalenessBounds, fresh_gro
 
 
 def _state(**changes: object) -> AdmissionState:
-    base: dict[str, object] = dict(max_staleness=1, prompts_per_step=4, buffer_size=64, total_steps=10,
-                                   steps_started=0, steps_done=0, version=0, in_flight=0, buffered=())
+    base: dict[str, object] = {"max_staleness": 1, "prompts_per_step": 4, "buffer_size": 64, "total_steps": 10,
+                               "steps_started": 0, "steps_done": 0, "version": 0, "in_flight": 0, "buffered": ()}
     return AdmissionState(**(base | changes))  # type: ignore[arg-type]
 
 
@@ -53,7 +53,7 @@ def test_the_end_of_the_run_launches_no_prompt_that_no_step_will_train() -> None
 
 
 def test_max_staleness_zero_is_one_steps_prompts_after_the_previous_step_published() -> None:
-    sync = dict(max_staleness=0)
+    sync = {"max_staleness": 0}
     assert launchable(_state(**sync)) == 4  # exactly one step's prompts
     assert launchable(_state(**sync, in_flight=4)) == 0  # ... and no more until they are trained
     assert launchable(_state(**sync, steps_started=1, steps_done=0)) == 0  # a step running: wait for it

@@ -4,6 +4,7 @@ accounting invariant, agreement with the batch rule where they must agree, and r
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -199,7 +200,7 @@ def _stream(draw: st.DrawFn) -> tuple[list[Sample], SelectionConfig, list[int]]:
 
 def _chunks(samples: list[Sample], cuts: list[int]) -> list[list[Sample]]:
     edges = [0, *cuts, len(samples)]
-    return [samples[a:b] for a, b in zip(edges, edges[1:])]
+    return [samples[a:b] for a, b in itertools.pairwise(edges)]
 
 
 @settings(max_examples=80, deadline=None)
