@@ -45,6 +45,7 @@ class PutReceipt:
     depth: int
     snapshot: "BufferSnapshot"
     uniform_ids: tuple[str, ...] = ()  # refused by dynamic sampling: every reward equal, no signal
+    accepted_ids: tuple[str, ...] = ()  # the groups now in the buffer
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,15 @@ class WorkDone:
 
 
 @dataclass(frozen=True)
+class FeedStart:
+    """What a (re)started learner worker is told: publish above `floor`; resume at `first` from `checkpoint`."""
+
+    floor: int  # the newest version published so far
+    first: int  # the first item no checkpoint covers
+    checkpoint: str | None  # the checkpoint covering items < first (None: start from the model directory)
+
+
+@dataclass(frozen=True)
 class FeedStatus:
     """A learner's queue as `medgr2 status` shows it."""
 
@@ -273,6 +283,9 @@ class OfferReceipt:
     unparseable: int
     rejected: dict[str, int]  # reason -> count
     kept_total: int  # the store's kept count after this offer (the learners' data cursor)
+    duplicates: int = 0  # outputs that repeated another output of the same call
+    generator_lag: float = 0.0  # mean (newest G version - the G version that wrote each candidate)
+    reward_lag: float = 0.0  # mean (newest R version - the R version that scored each candidate)
 
 
 class SampleSource(enum.Enum):
@@ -308,6 +321,29 @@ class StoreStatus:
     rejected: dict[str, int]
     seeds: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class GRPOAccounting:
+    """Where every request the GRPO loop issued went; each id must be in exactly one of the places."""
+
+    issued: tuple[str, ...]
+    trained: tuple[str, ...]
+    dropped_stale: tuple[str, ...]
+    uniform: tuple[str, ...]  # refused by dynamic sampling
+    buffered: tuple[str, ...]  # still in the buffer at the end
+    outstanding: tuple[str, ...]  # in flight or waiting to be re-issued at the end
+    reissued: int
+
+    def problems(self) -> list[str]:
+        """Ids found twice, or issued and found nowhere ([] when the accounting holds)."""
+        places = [*self.trained, *self.dropped_stale, *self.uniform, *self.buffered, *self.outstanding]
+        seen: dict[str, int] = {}
+        for i in places:
+            seen[i] = seen.get(i, 0) + 1
+        twice = [f"{i} counted {n} times" for i, n in seen.items() if n > 1]
+        lost = [f"{i} lost" for i in self.issued if i not in seen]
+        return twice + lost + [f"{i} never issued" for i in seen if i not in set(self.issued)]
 
 
 # ----------------------------------------------------------------------------- status

@@ -74,10 +74,17 @@ SYNC_SECONDS = MetricSpec(
 )
 SYNC_BYTES = MetricSpec("medgr2_sync_bytes", Kind.COUNTER, "Bytes of weights published or loaded.", ("side",))
 POOL_SIZE = MetricSpec("medgr2_pool_size", Kind.GAUGE, "Live actors in a pool.", ("pool",))
+CANDIDATES = MetricSpec("medgr2_candidates", Kind.COUNTER, "Generated candidates decided by the kept-sample store.", ())
+KEPT = MetricSpec("medgr2_kept", Kind.COUNTER, "Candidates the kept-sample store kept.", ())
+GENERATOR_LAG = MetricSpec("medgr2_generator_lag", Kind.HISTOGRAM,
+                           "Newest G version minus the G version that wrote a candidate.", (), _VERSIONS)
+REWARD_LAG = MetricSpec("medgr2_reward_lag", Kind.HISTOGRAM,
+                        "Newest R version minus the R version that scored a candidate.", (), _VERSIONS)
 
 CATALOGUE: tuple[MetricSpec, ...] = (
     SAMPLES_GENERATED, SAMPLES_SCORED, SAMPLES_TRAINED, GROUPS_DROPPED_STALE, REQUESTS_REISSUED,
     TOKENS_GENERATED, TOKENS_PER_S, REWARD_MEAN, WEIGHT_VERSION, LEARNER_VERSION, STALENESS, BUFFER_DEPTH,
+    CANDIDATES, KEPT, GENERATOR_LAG, REWARD_LAG,
     LEARNER_WAIT_S, LEARNER_STEP_S, SYNC_SECONDS, SYNC_BYTES, POOL_SIZE,
 )
 

@@ -19,7 +19,8 @@ import numpy as np
 from medgr2_ray.actors.persist import load_messages, save_messages
 from medgr2_ray.metrics import BUFFER_DEPTH, GROUPS_DROPPED_STALE, Metrics
 from medgr2_ray.types import ScoredGroup, TrainBatch
-from medgr2_ray.messages import BufferSnapshot, BufferStats, PutReceipt, TakeResult
+from medgr2_ray.actors.info import actor_info
+from medgr2_ray.messages import ActorInfo, BufferSnapshot, BufferStats, PutReceipt, TakeResult
 
 
 class BufferFull(RuntimeError):
@@ -57,6 +58,10 @@ class RolloutBuffer:
         self._seq = 0
         self._metrics = Metrics()
 
+    def ready(self) -> ActorInfo:
+        """Liveness probe: a new pid after a restart tells the controller the buffer came back empty."""
+        return actor_info(len(self._queue))
+
     def _snapshot(self) -> BufferSnapshot:
         self._seq += 1
         return BufferSnapshot(self._seq, tuple(g.weight_version for g in self._queue))
@@ -84,7 +89,8 @@ class RolloutBuffer:
         self._seen.update(g.group_id for g in fresh)
         self._duplicates.extend(dup_ids)
         self._metrics.record(BUFFER_DEPTH, len(self._queue))
-        return PutReceipt(tuple(g.weight_version for g in fresh), dup_ids, len(self._queue), self._snapshot(), uniform)
+        return PutReceipt(tuple(g.weight_version for g in fresh), dup_ids, len(self._queue), self._snapshot(), uniform,
+                          tuple(g.group_id for g in fresh))
 
     def take(self, n: int, learner_version: int, max_staleness: int) -> TakeResult:
         """The oldest `n` fresh groups (fewer if fewer exist), after dropping every too-stale one.

@@ -6,11 +6,14 @@ ref, publish, save, checkpoint, stop); every rank of the learner's worker group 
 order) and reports a `WorkDone` with `complete`. The controller waits on `result(i)`, an object ref that
 resolves once every rank has reported, so it can `ray.wait` on learner steps like on any other call.
 
-Restarts. The feed outlives the learner's worker group: when Ray Train restarts a dead group from its
-last checkpoint (`FailureConfig`), the new workers ask again from the first item that checkpoint does
-not cover, get the very same items (their batch refs are held here), and redo them. Results already
-reported stay as they were (first report wins), so a redone step never counts twice; only a publish is
-taken again, because the weights the dead worker published died with it.
+Restarts. The feed outlives the learner's worker group. Every few items the group writes a checkpoint
+and tells the feed where (`covered`); when Ray Train restarts a dead group (`FailureConfig`), the new
+workers load that checkpoint (`start` names it), ask again from the first item it does not cover, get the
+very same items (their batch refs are held here), and redo them. Results already reported stay as they
+were (first report wins), so a redone step never counts twice; only a publish is taken again, because the
+weights the dead worker published died with it. The feed, not Ray Train, keeps the checkpoint's path:
+Ray Train registers a reported checkpoint only when its controller next polls the worker, so a worker
+killed right after reporting one came back without it (seen here), asking for items already forgotten.
 
 Versions. A restarted learner must never publish a version number it published before with other
 weights, so `publish` keeps the newest version here and `floor_version` tells a restarted learner to
@@ -22,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from medgr2_ray.messages import FeedStatus, Work, WorkDone
+from medgr2_ray.messages import FeedStart, FeedStatus, Work, WorkDone
 from medgr2_ray.types import WeightVersion
 
 
@@ -38,6 +41,7 @@ class LearnerFeed:
         self._latest: WeightVersion | None = None
         self._starts = 0
         self._pid = 0
+        self._checkpoint: str | None = None  # the newest checkpoint's directory (covers items < _covered)
         self._waiting_since: float | None = None
         self._changed = asyncio.Event()
 
@@ -72,12 +76,12 @@ class LearnerFeed:
         return FeedStatus(self.name, self._next, done, version, idle, max(0, self._starts - 1))
 
     # ------------------------------------------------------------ learner side
-    def start(self, rank: int, first: int, pid: int) -> int:
-        """A (re)started worker group announces itself; returns the version floor it must publish above."""
+    def start(self, rank: int, pid: int) -> FeedStart:
+        """A (re)started worker announces itself; returns where to resume and the version floor."""
         if rank == 0:
             self._starts += 1
             self._pid = pid
-        return self._latest.version if self._latest is not None else 0
+        return FeedStart(self._latest.version if self._latest is not None else 0, self._covered, self._checkpoint)
 
     def worker_pid(self) -> int:
         """The process id of rank 0's worker (tests kill it)."""
@@ -85,6 +89,9 @@ class LearnerFeed:
 
     async def next(self, rank: int, index: int) -> Work:
         """Item `index`, waiting until it is submitted."""
+        if index < self._covered:
+            raise LookupError(f"{self.name}: item {index} is inside checkpoint {self._checkpoint} and was "
+                              "forgotten; a restarted learner must resume from that checkpoint")
         while index not in self._work:
             if rank == 0 and self._waiting_since is None:
                 self._waiting_since = time.time()
@@ -105,8 +112,11 @@ class LearnerFeed:
         if self._latest is None or weights.version > self._latest.version:
             self._latest = weights
 
-    def covered(self, index: int) -> None:
-        """A checkpoint covers items below `index`: forget their payloads (their results stay)."""
+    def covered(self, index: int, checkpoint: str) -> None:
+        """The checkpoint at `checkpoint` covers items below `index`: a restart resumes there, and their
+        payloads can go (their results stay)."""
+        if index <= self._covered:
+            return
         for i in range(self._covered, index):
             self._work.pop(i, None)
-        self._covered = max(self._covered, index)
+        self._covered, self._checkpoint = index, checkpoint

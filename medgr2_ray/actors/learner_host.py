@@ -3,14 +3,15 @@ train function runs the work its `LearnerFeed` hands out.
 
 Why Ray Train: it places the ranks (a placement group, one bundle per rank), builds the process group
 (gloo on CPU, NCCL on GPU; DeepSpeed ZeRO runs inside the function through `learner.strategy`), and its
-`FailureConfig` restarts a dead worker group from the last checkpoint the function reported. The feed
-makes that restart lossless: the new group asks again from the first item the checkpoint does not
-cover and redoes it on the very same batch (see `actors/feed.py`).
+`FailureConfig` restarts a dead worker group. The feed makes that restart lossless: the new group loads
+the newest checkpoint the old one recorded there, asks again from the first item it does not cover, and
+redoes those items on the very same batches (see `actors/feed.py` for why the feed, not Ray Train's
+checkpoint registry, names the checkpoint).
 
 The train function (`learner_loop`) builds the learner the spec names (`PolicyLearner` for G and P,
 `RewardLearner` for R), then, on every rank, in order: pulls item i, runs it (a training step through
 `learner.recipes`, a publish, a save, a checkpoint), reports a `WorkDone`, and every `checkpoint_every`
-items reports a Ray Train checkpoint. Rank 0 publishes weights through the object store
+items writes an exact checkpoint (the two newest are kept) and records it in the feed. Rank 0 publishes weights through the object store
 (`sync.weights.publish_weights`); objects a worker puts die with it, so after a restart it publishes
 again at once, above the newest version the feed has seen (versions only grow).
 
@@ -37,7 +38,7 @@ from medgr2_ray.messages import (CheckpointWork, FeedStatus, PublishWork, Restor
                                  TrainWork, Work, WorkDone)
 from medgr2_ray.types import MedImage, RewardObjective, WeightVersion
 
-STATE_DIR = "learner"  # inside a Ray Train checkpoint
+KEEP_CHECKPOINTS = 2  # a learner's newest checkpoints kept on disk
 
 
 class LearnerModel(enum.Enum):
@@ -100,7 +101,10 @@ def _execute(learner: Any, work: Work, ctx: Any, rank: int) -> tuple[dict[str, f
             batch = ray.get(work.batch)
         except ray.exceptions.RayError as exc:  # the store or buffer died making it: the controller redoes it
             return {}, None, None, {"error": f"{type(exc).__name__}: the batch is lost"}
-        outcome = run_recipe(learner, work.recipe, batch, work.step, ctx)
+        try:
+            outcome = run_recipe(learner, work.recipe, batch, work.step, ctx)
+        except ValueError as exc:  # a batch the recipe cannot use: skipped and counted, never the run's end
+            return {"skipped": 1.0}, None, None, {"skipped": f"{work.recipe.value} step {work.step}: {exc}"}
         # A skipped step (nothing informative to train on) leaves the weights as they are: nothing to publish.
         weights = _publish(learner, rank) if work.publish and int(learner.version) != before else None
         return outcome.metrics, weights, outcome.report, {}
@@ -121,14 +125,18 @@ def _execute(learner: Any, work: Work, ctx: Any, rank: int) -> tuple[dict[str, f
     raise TypeError(f"{type(work).__name__} is not a learner work item")
 
 
-def _report_checkpoint(learner: Any, spec: LearnerSpec, index: int, rank: int) -> None:
-    """All ranks write one checkpoint at a path they share; rank 0 hands it to Ray Train."""
+def _checkpoint(learner: Any, spec: LearnerSpec, index: int, rank: int, feed: Any) -> None:
+    """All ranks write one checkpoint at a path they share; rank 0 tells the feed, which a restarted group
+    asks where to resume (older checkpoints are removed once a newer one is recorded)."""
     import ray.train
 
-    where = Path(spec.storage) / f"{spec.name}-staging" / f"item_{index:08d}"
-    learner.save_checkpoint(where / STATE_DIR, extra={"index": index})
-    checkpoint = ray.train.Checkpoint.from_directory(str(where)) if rank == 0 else None
-    ray.train.report({"index": index, "version": int(learner.version)}, checkpoint=checkpoint)
+    staging = Path(spec.storage) / f"{spec.name}-checkpoints"
+    learner.save_checkpoint(staging / f"item_{index:08d}", extra={"index": index})
+    ray.train.report({"index": index, "version": int(learner.version)})
+    if rank == 0:
+        ray.get(feed.covered.remote(index, str(staging / f"item_{index:08d}")))
+        for old in sorted(staging.glob("item_*"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def learner_loop(config: dict[str, Any]) -> None:  # runs in every Ray Train worker
@@ -147,14 +155,13 @@ def learner_loop(config: dict[str, Any]) -> None:  # runs in every Ray Train wor
     learner = _build_learner(spec, rank, world, local)
     images = ImageCache(refs=spec.images, resolve=ray.get)
     ctx = RecipeContext(images, spec.pool, spec.seed, rank, world, spec.graded, spec.augment, spec.augmentation)
-    index = 0
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            index = int(learner.load_checkpoint(Path(d) / STATE_DIR)["index"])
-    floor = ray.get(feed.start.remote(rank, index, os.getpid()))
-    learner.version = max(int(learner.version), int(floor) + (1 if restored is not None else 0))
-    if restored is not None:  # what the dead group published died with it: publish again, above it
+    start = ray.get(feed.start.remote(rank, os.getpid()))
+    index = start.first
+    if start.checkpoint is not None:
+        learner.load_checkpoint(start.checkpoint)
+    restarted = start.floor > 0 or start.checkpoint is not None
+    learner.version = max(int(learner.version), int(start.floor) + (1 if restarted else 0))
+    if restarted:  # what the dead group published died with it: publish again, above it
         weights = _publish(learner, rank)
         if weights is not None:
             feed.publish.remote(weights)
@@ -165,14 +172,14 @@ def learner_loop(config: dict[str, Any]) -> None:  # runs in every Ray Train wor
             return
         started = time.time()
         metrics, weights, report, extra = _execute(learner, work, ctx, rank)
-        error = extra.pop("error", None)
+        error, skipped = extra.pop("error", None), extra.pop("skipped", None)
+        if skipped is not None and rank == 0:
+            print(f"[{spec.name}] skipped {skipped}", flush=True)
         ray.get(feed.complete.remote(WorkDone(index, rank, int(learner.version), metrics, started, time.time(),
                                               weights, report, extra, error)))
         index += 1
         if spec.checkpoint_every and index % spec.checkpoint_every == 0:
-            _report_checkpoint(learner, spec, index, rank)
-            if rank == 0:
-                feed.covered.remote(index)
+            _checkpoint(learner, spec, index, rank, feed)
 
 
 def _fit(trainer: Any) -> None:  # a Ray task: keeps the driver free while the learner runs
@@ -199,7 +206,7 @@ class LearnerHost:
         storage = Path(spec.storage)
         if fresh:  # Ray Train restores any snapshot under the same name: a new run must not continue an old one
             shutil.rmtree(storage / spec.name, ignore_errors=True)
-            shutil.rmtree(storage / f"{spec.name}-staging", ignore_errors=True)
+            shutil.rmtree(storage / f"{spec.name}-checkpoints", ignore_errors=True)
         self.feed = ray.remote(LearnerFeed).options(name=f"{spec.name}Feed", num_cpus=0).remote(spec.name, num_ranks)
         use_gpu = gpus_per_rank > 0
         trainer = TorchTrainer(

@@ -32,11 +32,13 @@ import ray
 from medgr2_ray.actors.info import actor_info
 from medgr2_ray.algo.admission import too_stale
 from medgr2_ray.algo.batches import balanced_weights, batch_indices, sample_batch
+from medgr2_ray.algo.contamination import build_guard
 from medgr2_ray.algo.selection import StreamingSelector, select_samples
 from medgr2_ray.config import SelectionConfig
 from medgr2_ray.data.images import ImageCache
 from medgr2_ray.data.store import read_samples, sample_from_dict, sample_to_dict, write_samples
 from medgr2_ray.eval.protocols import answer_agreement
+from medgr2_ray.metrics import CANDIDATES, GENERATOR_LAG, KEPT, REWARD_LAG, Metrics
 from medgr2_ray.messages import (ActorInfo, BatchSpec, OfferReceipt, SampleSource, ScoredCandidates, StoreStatus,
                                  Versions)
 from medgr2_ray.types import MedImage, Sample
@@ -54,7 +56,7 @@ class StoreSpec:
     pool: dict[str, MedImage] = field(default_factory=dict)  # image records (for the right-answer share)
     images: dict[str, Any] = field(default_factory=dict)  # image id -> pixels ref (the contamination guard)
     heldout_images: tuple[str, ...] = ()  # ids of held-out images (their pixels are in `images`)
-    test_questions: tuple[str, ...] = ()
+    test_samples: tuple[Sample, ...] = ()  # the held-out questions (no generated question may repeat one)
     generator_staleness: int = 1
     reward_staleness: int = 1
     resume_rounds: int = 0  # rounds mode, --resume: rounds 1..n are complete; their kept samples come back
@@ -67,23 +69,17 @@ class KeptStore:
         self.spec = spec
         self.started = time.time()
         self.images = ImageCache(refs=spec.images, resolve=ray.get)
-        self.selector = StreamingSelector(spec.selection, spec.seed, self._guard()) if not spec.rounds else None
+        self.guard = build_guard(spec.selection, spec.heldout_images, self.images, spec.test_samples)
+        self.selector = StreamingSelector(spec.selection, spec.seed, self.guard) if not spec.rounds else None
         self.kept: list[Sample] = []
         self.requests: set[str] = set()
         self.counts: Counter[str] = Counter()
         self.round = 0
         self.pending: list[Sample] = []  # the open round's candidates (rounds mode)
         self.drawn: dict[str, set[str]] = {}
+        self.metrics = Metrics()
         self._segment = self._segment_dir()
         self._replay()
-
-    def _guard(self) -> Any:
-        if not self.spec.selection.guard or not self.spec.heldout_images:
-            return None
-        from medgr2_ray.algo.contamination import ContaminationGuard
-
-        return ContaminationGuard.build(self.spec.heldout_images, self.spec.test_questions, self.images,
-                                        self.spec.selection)
 
     def ready(self) -> ActorInfo:
         """Liveness probe (resolves once the log is replayed)."""
@@ -155,9 +151,10 @@ class KeptStore:
                 "rm_version": scored.rm_version, "versions": versions.__dict__}, allow_nan=False)])
         self.requests.update(scored.request_ids)
         fresh, stale = self._staleness(scored.samples, versions)
-        if self.selector is None:  # rounds: decided together at the barrier
-            self.pending.extend(fresh)
-            decided, kept = stale, []
+        if self.selector is None:  # rounds: the guard now, the rest together at the barrier
+            leaks = [self._leak(s) for s in fresh]
+            self.pending.extend(s for s, leak in zip(fresh, leaks) if leak is None)
+            decided, kept = stale + [leak for leak in leaks if leak is not None], []
         else:
             decisions = self.selector.offer(fresh, self.images)
             decided = stale + [d.sample for d in decisions]
@@ -169,8 +166,22 @@ class KeptStore:
         self._append("failures.jsonl", [json.dumps({"reason": r, "text": t}) for r, t in scored.failures])
         self._append("samples.jsonl", [json.dumps(sample_to_dict(s)) for s in decided])
         self._append("kept.jsonl", [json.dumps(sample_to_dict(s)) for s in kept])
+        g_lag = [versions.generator - s.provenance.model_version for s in scored.samples]
+        r_lag = [versions.reward_model - s.provenance.rm_version for s in scored.samples]
+        for lag in g_lag:
+            self.metrics.record(GENERATOR_LAG, lag)
+        for lag in r_lag:
+            self.metrics.record(REWARD_LAG, lag)
+        self.metrics.record(CANDIDATES, len(scored.samples))
+        self.metrics.record(KEPT, len(kept))
         return OfferReceipt(scored.request_ids, True, len(scored.samples), len(kept), len(scored.failures),
-                            dict(rejected), len(self.kept))
+                            dict(rejected), len(self.kept), scored.duplicates,
+                            sum(g_lag) / len(g_lag) if g_lag else 0.0, sum(r_lag) / len(r_lag) if r_lag else 0.0)
+
+    def _leak(self, sample: Sample) -> Sample | None:
+        """The sample rejected with the contamination guard's reason, or None when it leaks nothing."""
+        hit = self.guard.check(sample, self.images) if self.guard is not None else None
+        return None if hit is None else sample.with_provenance(selected=False, reason=hit.reason)
 
     def _staleness(self, samples: Sequence[Sample], versions: Versions) -> tuple[list[Sample], list[Sample]]:
         """Split off candidates whose G or R version lags the newest beyond its bound (decided: rejected)."""

@@ -91,8 +91,9 @@ def learner(shared: Shared, name: str, kind: LearnerModel, model_dir: str, model
     return LearnerHost(spec, lc.num_ranks, lc.num_cpus_per_rank, lc.num_gpus_per_rank, fresh=fresh)
 
 
-def _named(cls: type, name: str) -> Any:
-    return ray.remote(cls).options(name=name, num_cpus=0)
+def _named(cls: type, name: str, **options: Any) -> Any:
+    """A named, CPU-free actor class that Ray restarts when it dies (its state comes back as each says)."""
+    return ray.remote(cls).options(name=name, num_cpus=0, max_restarts=-1, **options)
 
 
 @dataclass
@@ -113,7 +114,7 @@ class ActorSystem:
     def shared(cfg: Config, prefix: str, storage: str | Path | None, images: dict[str, Any] | None = None,
                pool: dict[str, MedImage] | None = None) -> Shared:
         """The monitor (started here) and what the actors share."""
-        monitor = _named(LoopMonitor, f"{prefix}{MONITOR_NAME}").options(max_restarts=-1).remote()
+        monitor = _named(LoopMonitor, f"{prefix}{MONITOR_NAME}").remote()
         where = str(storage) if storage is not None else tempfile.mkdtemp(prefix="medgr2-train-")
         return Shared(cfg, prefix, where, monitor, dict(images or {}), dict(pool or {}))
 
@@ -129,7 +130,7 @@ class ActorSystem:
             rollout=rollout_pool(shared, "policy-rollout", str(policy_dir), cfg.policy, 1000, cfg.rollout_pool),
             scorer=scorer_pool(shared, reward, None),
             learner=learner(shared, "PolicyLearner", LearnerModel.POLICY, str(policy_dir), cfg.policy),
-            buffer=_named(RolloutBuffer, f"{prefix}RolloutBuffer").options(max_restarts=-1).remote(cfg.grpo.buffer_size, cfg.grpo.dynamic_sampling),
+            buffer=_named(RolloutBuffer, f"{prefix}RolloutBuffer").remote(cfg.grpo.buffer_size, cfg.grpo.dynamic_sampling),
             monitor=shared.monitor)
         system.rollout.scale_to(cfg.rollout_pool.min_workers)
         system.scorer.scale_to(cfg.scorer_pool.min_workers)
@@ -143,13 +144,13 @@ class ActorSystem:
             rollout=rollout_pool(shared, "policy-rollout", dirs.policy, cfg.policy, 1000, cfg.rollout_pool),
             scorer=scorer_pool(shared, dirs.reward_model, reward_objective(cfg)),
             learner=learner(shared, "PolicyLearner", LearnerModel.POLICY, dirs.policy, cfg.policy),
-            buffer=_named(RolloutBuffer, f"{prefix}RolloutBuffer").options(max_restarts=-1).remote(cfg.grpo.buffer_size, cfg.grpo.dynamic_sampling),
+            buffer=_named(RolloutBuffer, f"{prefix}RolloutBuffer").remote(cfg.grpo.buffer_size, cfg.grpo.dynamic_sampling),
             monitor=shared.monitor,
             generator=rollout_pool(shared, "generator-rollout", dirs.generator, cfg.generator, 7919,
                                    cfg.generator_pool),
             g_learner=learner(shared, "GeneratorLearner", LearnerModel.POLICY, dirs.generator, cfg.generator),
             r_learner=learner(shared, "RewardLearner", LearnerModel.REWARD, dirs.reward_model, cfg.reward_model),
-            store=_named(KeptStore, f"{prefix}KeptStore").options(max_restarts=-1, max_task_retries=0).remote(store))
+            store=_named(KeptStore, f"{prefix}KeptStore", max_task_retries=0).remote(store))
         system.generator.scale_to(cfg.generator_pool.min_workers)  # type: ignore[union-attr]
         system.scorer.scale_to(cfg.scorer_pool.min_workers)
         return system

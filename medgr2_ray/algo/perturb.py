@@ -147,9 +147,12 @@ def _tag(sample: Sample, kind: str) -> Sample:
     return derived.with_provenance(producer=f"perturb:{kind}", parent_id=sample.sample_id, reward=None, selected=None)
 
 
-def build_graded_samples(samples: Sequence[Sample], cfg: GradedDataConfig, seed: int) -> list[GradedSample]:
-    """Four graded samples per input sample (faithful, perturbed, incoherent, irrelevant), in input order."""
-    pool = _image_pool(samples)
+def build_graded_samples(samples: Sequence[Sample], cfg: GradedDataConfig, seed: int,
+                         images: Sequence[tuple[str, str, Modality]] | None = None) -> list[GradedSample]:
+    """Four graded samples per input sample (faithful, perturbed, incoherent, irrelevant), in input order.
+    An irrelevant sample moves to another of `images` ((id, path, modality) of the training images; default:
+    the samples' own images), so a small batch on one image still gets its irrelevant pairing."""
+    pool = sorted(images) if images else _image_pool(samples)
     targets = {"faithful": cfg.faithful, "perturbed": cfg.perturbed, "incoherent": cfg.incoherent,
                "irrelevant": cfg.irrelevant}
     out: list[GradedSample] = []

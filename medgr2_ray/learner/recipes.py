@@ -36,7 +36,8 @@ class RecipeContext:
     """What the recipes need besides the batch: where pixels and image records come from, and settings."""
 
     images: ImageLookup
-    pool: Mapping[str, MedImage]  # image id -> record (G's prompt names the modality and anatomy)
+    pool: Mapping[str, MedImage]  # the training images by id (G's prompt names their modality and anatomy;
+    # R's irrelevant pairings move a sample to another of them)
     seed: int
     rank: int = 0
     world_size: int = 1
@@ -71,7 +72,8 @@ def reward_answer(learner: Any, samples: Sequence[Sample], step: int, ctx: Recip
 
 def graded_batch(samples: Sequence[Sample], size: int, step: int, ctx: RecipeContext) -> list[RewardExample]:
     """`size` of the graded examples built from `samples` (4 per sample), drawn for (seed, step)."""
-    graded = build_graded_samples(samples, ctx.graded, ctx.seed + step)
+    images = [(i.image_id, i.path, i.modality) for i in ctx.pool.values()]
+    graded = build_graded_samples(samples, ctx.graded, ctx.seed + step, images)
     examples = reward_examples(graded, ctx.images)
     rng = random.Random(f"{ctx.seed}|grade|{step}")
     return rng.sample(examples, min(size, len(examples)))

@@ -41,7 +41,7 @@ from medgr2_ray.actors.system import ActorSystem
 from medgr2_ray.algo.admission import AdmissionState, launchable
 from medgr2_ray.config import Config
 from medgr2_ray.loop.autoscale import PoolAutoscaler, ScaleSignals
-from medgr2_ray.messages import (BufferSnapshot, LoopStatus, PoolStatus, PutReceipt, Recipe, Span, StepReport, TrainWork,
+from medgr2_ray.messages import (BufferSnapshot, GRPOAccounting, LoopStatus, PoolStatus, PutReceipt, Recipe, Span, StepReport, TrainWork,
                                  WorkDone)
 from medgr2_ray.metrics import LEARNER_WAIT_S, REQUESTS_REISSUED, Metrics, RunLog
 from medgr2_ray.types import GenerationRequest, SamplingParams, WeightVersion
@@ -111,6 +111,8 @@ class Controller:
         self.autoscaler = PoolAutoscaler(system.rollout, cfg.rollout_pool, cfg.loop)
         self.metrics = Metrics()
         self.spans: list[Span] = []  # the learner's busy spans, for the run's timeline
+        self.in_buffer: dict[str, GenerationRequest] = {}  # groups the buffer holds: re-issued if it dies
+        self.buffer_pid = ray.get(system.buffer.ready.remote()).pid
         self.on_step: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------------ the loop
@@ -198,18 +200,37 @@ class Controller:
     def _on_put(self, ref: Any, flight: Flight) -> None:
         try:
             receipt: PutReceipt = ray.get(ref)
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-            # A rollout or scorer actor died with this chain: do the requests again (Ray restarts it).
-            self.retry.extendleft(reversed(flight.requests))
-            self.ledger.reissued += len(flight.requests)
-            self.metrics.record(REQUESTS_REISSUED, len(flight.requests), pool="chain")
-            print(f"[controller] re-issuing {len(flight.requests)} requests after {type(exc).__name__}")
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.RayTaskError) as exc:
+            # An actor of the chain (rollout, scorer or the buffer) died: do the requests again (Ray restarts it).
+            self._reissue(list(flight.requests), type(exc).__name__)
             self._suspect(flight.chain)
+            self._check_buffer()
             return
+        by_id = {r.request_id: r for r in flight.requests}
+        self.in_buffer.update({i: by_id[i] for i in receipt.accepted_ids if i in by_id})
         self.ledger.duplicate_ids.extend(receipt.duplicate_ids)
         self.ledger.uniform_ids.extend(receipt.uniform_ids)
         self.ledger.rollout_versions.update(receipt.accepted_versions)
         self._take_snapshot(receipt.snapshot)
+
+    def _reissue(self, requests: list[GenerationRequest], why: str) -> None:
+        self.retry.extendleft(reversed(requests))
+        self.ledger.reissued += len(requests)
+        self.metrics.record(REQUESTS_REISSUED, len(requests), pool="chain")
+        print(f"[controller] re-issuing {len(requests)} requests after {why}", flush=True)
+
+    def _check_buffer(self) -> None:
+        """If the buffer died and came back (empty), every group it held is generated again: the ids of
+        groups already trained are never re-issued, so nothing is lost or trained twice."""
+        info = ray.get(self.sys.buffer.ready.remote())
+        if info.pid == self.buffer_pid:
+            return
+        self.buffer_pid = info.pid
+        lost = sorted(self.in_buffer.values(), key=lambda r: r.request_id)
+        self.in_buffer.clear()
+        self.snapshot_seq, self.buffered = 0, Counter()
+        if lost:
+            self._reissue(lost, "the rollout buffer restarted")
 
     def _suspect(self, chain: tuple[Member, ...]) -> None:
         """Take the chain's actors out of rotation until they answer `ready()` (Ray restarts a dead one)."""
@@ -236,6 +257,10 @@ class Controller:
         self.metrics.record(LEARNER_WAIT_S, self.last_wait)
 
     def _on_step(self, dones: list[WorkDone]) -> None:
+        if dones[0].error is not None:  # the buffer died while the batch was taken: no step happened
+            self.steps_started -= 1
+            self._check_buffer()
+            return
         reports = [d.step_report for d in dones if d.step_report is not None]
         lead = reports[0]
         self.idle_since = time.perf_counter()
@@ -243,8 +268,12 @@ class Controller:
         self.spans.append(Span(self.sys.learner.name, "train:grpo", dones[0].started, dones[0].ended))
         for report in reports:
             self.ledger.trained_ids.extend(report.group_ids)
+            for group_id in report.group_ids:
+                self.in_buffer.pop(group_id, None)
             self.ledger.staleness.extend(lead.learner_version - v for v in report.group_versions)
         self.ledger.dropped_stale_ids.extend(lead.dropped_stale_ids)
+        for group_id in lead.dropped_stale_ids:
+            self.in_buffer.pop(group_id, None)
         if lead.buffer_snapshot is not None:
             self._take_snapshot(lead.buffer_snapshot)
         self.ledger.rewards.append(lead.metrics.get("reward_mean", float("nan")))
@@ -292,6 +321,13 @@ class Controller:
     def outstanding_ids(self) -> list[str]:
         """Requests issued but not yet in the buffer (in flight or waiting to be re-issued)."""
         return [r.request_id for f in self._in_flight() for r in f.requests] + [r.request_id for r in self.retry]
+
+    def accounting(self) -> GRPOAccounting:
+        """Where every issued request went (call while the buffer lives): the no-loss, no-double proof."""
+        issued = tuple(f"r{i:08d}:{self.prompts[i % len(self.prompts)].request_id}" for i in range(self.cursor))
+        return GRPOAccounting(issued, tuple(self.ledger.trained_ids), tuple(self.ledger.dropped_stale_ids),
+                              tuple(self.ledger.uniform_ids), tuple(ray.get(self.sys.buffer.queued_ids.remote())),
+                              tuple(self.outstanding_ids()), self.ledger.reissued)
 
     # ------------------------------------------------------------------ checkpoint / resume
     def checkpoint(self, directory: str | Path) -> Path:

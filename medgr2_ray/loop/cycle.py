@@ -38,12 +38,12 @@ from medgr2_ray.eval.rundata import CycleData, prepare_data
 from medgr2_ray.eval.timeline import write_timeline
 from medgr2_ray.loop.evaluation import finish_evaluation, start_evaluation
 from medgr2_ray.loop.flywheel import Flywheel
-from medgr2_ray.loop.grpo_stage import grpo_learner, grpo_on
+from medgr2_ray.loop.grpo_stage import GRPOResult, grpo_learner, grpo_on
 from medgr2_ray.loop.learner_lane import draw_salt
 from medgr2_ray.loop.round_state import RoundRecord
 from medgr2_ray.loop.rounds import plan_rounds, run_rounds
 from medgr2_ray.loop.transfer import run_configured_transfers
-from medgr2_ray.messages import Recipe, Span, StageWork
+from medgr2_ray.messages import GRPOAccounting, Recipe, Span, StageWork
 from medgr2_ray.metrics import RunLog
 from medgr2_ray.models.tiny import ensure_model_dir
 from medgr2_ray.types import Sample
@@ -61,6 +61,8 @@ class CycleResult:
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
     kept: int = 0
+    data_ledger: Any = None  # the data lane's DataLedger: every generation request and its receipt
+    grpo: GRPOAccounting | None = None  # where every GRPO request went
 
 
 def with_absolute_paths(cfg: Config) -> Config:
@@ -99,9 +101,10 @@ def model_dirs(cfg: Config) -> ModelDirs:
 def build_system(cfg: Config, data: CycleData, run_dir: Path, resume_rounds: int, prefix: str = "") -> ActorSystem:
     """Put every image's pixels into the object store once and start the whole actor system."""
     images = {i.image_id: ray.put(data.pool.read_rgb(i)) for i in data.pool.images}
-    shared = ActorSystem.shared(cfg, prefix, run_dir / "ray_train", images, {i.image_id: i for i in data.pool.images})
+    # Learners and engines see the training images only; the store's guard also reads the held-out ones.
+    shared = ActorSystem.shared(cfg, prefix, run_dir / "ray_train", images, {i.image_id: i for i in data.train})
     store = StoreSpec(str(run_dir / "data"), tuple(data.seeds), cfg.selection, cfg.run.seed, cfg.cycle.mode == "rounds",
-                      shared.pool, images, tuple(i.image_id for i in data.test), tuple(s.question for s in data.test_samples),
+                      {i.image_id: i for i in data.pool.images}, images, tuple(i.image_id for i in data.test), tuple(data.test_samples),
                       cfg.cycle.generator_staleness, cfg.cycle.reward_staleness, resume_rounds)
     return ActorSystem.build_flywheel(shared, model_dirs(cfg), store)
 
@@ -167,7 +170,7 @@ def run_data_only(cfg: Config, progress: Progress, resume: bool = False, budget_
 
 
 def _grpo(cfg: Config, system: ActorSystem, wheel: Flywheel, train_set: list[Sample], run_dir: Path,
-          progress: Progress, resume: bool) -> Path:
+          progress: Progress, resume: bool) -> GRPOResult:
     """GRPO on the same learner and scorer pool, on kept questions P's SFT did not draw (all of the
     solver's training set when fewer than one step's worth are left)."""
     fresh = ray.get(system.store.kept_samples.remote(0, draw_salt(wheel.p.salt, Recipe.SOLVER_SFT)))
@@ -177,8 +180,9 @@ def _grpo(cfg: Config, system: ActorSystem, wheel: Flywheel, train_set: list[Sam
     return grpo_on(cfg, system, prompts, run_dir, progress, resume, wheel.spans)
 
 
-def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleResult:
-    """Run every stage (see the module docstring); Ray must be initialised."""
+def run_cycle(cfg: Config, progress: Progress, resume: bool = False, prefix: str = "") -> CycleResult:
+    """Run every stage (see the module docstring); Ray must be initialised. `prefix` names this run's
+    actors (two runs can then share a namespace)."""
     start, clock = time.time(), Stopwatch()
     cfg = with_absolute_paths(cfg)
     if resume and cfg.cycle.mode == "continuous":
@@ -189,7 +193,7 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleRes
     done = plan_rounds(cfg, data, run_dir, resume) if cfg.cycle.mode == "rounds" else []
     evals: dict[str, EvalResult] = {}
     with RunLog(run_dir) as log:
-        system = build_system(cfg, data, run_dir, done[-1].round if done else 0)
+        system = build_system(cfg, data, run_dir, done[-1].round if done else 0, prefix)
         clock.lap("start actors")
         try:
             untrained = start_evaluation(cfg, Path(system.learner.spec.model_dir), data.test_samples)
@@ -202,9 +206,10 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleRes
             sft_dir = Path(system.learner.save_pretrained(run_dir / "models" / "solver_sft"))
             after_sft = start_evaluation(cfg, sft_dir, data.test_samples)
             evals["untrained"] = finish_evaluation(untrained, run_dir, "0_untrained")
-            final = sft_dir
+            final, grpo = sft_dir, None
             if cfg.solver.grpo and cfg.grpo.steps > 0:
-                final = _grpo(cfg, system, wheel, train_set, run_dir, progress, resume)
+                grpo = _grpo(cfg, system, wheel, train_set, run_dir, progress, resume)
+                final = grpo.model_dir
             evals["after_sft"] = finish_evaluation(after_sft, run_dir, "1_after_sft")
             if final != sft_dir:
                 evals["after_grpo"] = finish_evaluation(start_evaluation(cfg, final, data.test_samples), run_dir,
@@ -220,7 +225,8 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleRes
             log.log(0, {"accuracy": result.accuracy, "blind_bound": result.blind_bound}, f"eval_{name}")
     report = build_report(run_dir)
     clock.lap("report")
-    return CycleResult(run_dir, evals, report, time.time() - start, clock.seconds, len(kept))
+    return CycleResult(run_dir, evals, report, time.time() - start, clock.seconds, len(kept), wheel.lane.ledger,
+                       grpo.accounting if grpo is not None else None)
 
 
 def _save_models(system: ActorSystem, run_dir: Path) -> None:

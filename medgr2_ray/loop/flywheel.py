@@ -110,8 +110,10 @@ class Flywheel:
     def _on_receipt(self, receipt: OfferReceipt) -> None:
         self.kept_total = max(self.kept_total, receipt.kept_total)
         if self.log is not None and receipt.accepted:
-            self.log.log(len(self.lane.ledger.receipts), {"candidates": receipt.candidates, "kept": receipt.kept,
-                                                          "kept_total": receipt.kept_total}, "data")
+            self.log.log(len(self.lane.ledger.receipts), {
+                "candidates": receipt.candidates, "kept": receipt.kept, "kept_total": receipt.kept_total,
+                "unparseable": receipt.unparseable, "generator_lag": receipt.generator_lag,
+                "reward_lag": receipt.reward_lag, "seconds": time.time() - self.started}, "data")
         if self.cfg.cycle.mode == "continuous" and self.phase == "data":
             self._grant_refresh(Recipe.GENERATOR_SFT, self.g, self.cfg.cycle.generator_steps_per_kept * receipt.kept)
             if self.cfg.cycle.rm_retrain:
@@ -246,6 +248,8 @@ class Flywheel:
                          for lane in (self.g, self.r, self.p))
         receipts = self.lane.ledger.receipts
         candidates, kept = sum(r.candidates for r in receipts), sum(r.kept for r in receipts)
+        last = receipts[-8:]
+        lag = lambda key: sum(getattr(r, key) for r in last) / len(last) if last else 0.0  # noqa: E731
         data = DataStatus(candidates, kept, candidates / max(seconds, 1e-9), kept / max(seconds, 1e-9),
-                          self.lane.in_flight(), self.lane.ledger.reissued, 0.0, 0.0)
+                          self.lane.in_flight(), self.lane.ledger.reissued, lag("generator_lag"), lag("reward_lag"))
         return FlywheelStatus(self.cfg.run.name, self.phase, seconds, pools, learners, data)

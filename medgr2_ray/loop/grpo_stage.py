@@ -9,7 +9,9 @@ GRPO job (`jobs/grpo_async.py`): it builds its own system around a policy and a 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from medgr2_ray.config import Config, LearnerConfig
 from medgr2_ray.data.store import ImagePool
 from medgr2_ray.loop.controller import Controller
 from medgr2_ray.loop.flywheel import Progress
-from medgr2_ray.messages import Span
+from medgr2_ray.messages import GRPOAccounting, Span
 from medgr2_ray.types import Sample
 
 
@@ -42,9 +44,17 @@ def stage_config(cfg: Config) -> Config:
     return cfg.model_copy(update={"learner": grpo_learner(cfg)})
 
 
+@dataclass(frozen=True)
+class GRPOResult:
+    """The trained policy's directory and where every request of the loop went."""
+
+    model_dir: Path
+    accounting: GRPOAccounting
+
+
 def grpo_on(cfg: Config, system: ActorSystem, samples: Sequence[Sample], run_dir: Path, progress: Progress,
-            resume: bool = False, spans: list[Span] | None = None) -> Path:
-    """GRPO on `system`'s learner, policy pool and scorer pool; returns the trained policy's directory."""
+            resume: bool = False, spans: list[Span] | None = None) -> GRPOResult:
+    """GRPO on `system`'s learner, policy pool and scorer pool; writes `grpo_accounting.json`."""
     system.rollout.scale_to(cfg.rollout_pool.min_workers)
     controller = Controller(stage_config(cfg), system, solver_requests(samples, None), run_dir)
     latest = latest_checkpoint(run_dir) if resume else None
@@ -56,7 +66,9 @@ def grpo_on(cfg: Config, system: ActorSystem, samples: Sequence[Sample], run_dir
     controller.close()
     if spans is not None:
         spans.extend(controller.spans)
-    return Path(system.learner.save_pretrained(run_dir / "models" / "solver_grpo"))
+    accounting = controller.accounting()
+    (run_dir / "grpo_accounting.json").write_text(json.dumps(asdict(accounting)))
+    return GRPOResult(Path(system.learner.save_pretrained(run_dir / "models" / "solver_grpo")), accounting)
 
 
 def run_grpo(cfg: Config, policy_dir: Path, reward_dir: Path | None, samples: Sequence[Sample], pool: ImagePool,
@@ -66,6 +78,6 @@ def run_grpo(cfg: Config, policy_dir: Path, reward_dir: Path | None, samples: Se
     images: dict[str, Any] = {i.image_id: ray.put(pool.read_rgb(i)) for i in pool.images if i.image_id in needed}
     system = ActorSystem.build(stage_config(cfg), policy_dir, reward_dir, storage=run_dir / "ray_train", images=images)
     try:
-        return grpo_on(cfg, system, samples, run_dir, progress, resume)
+        return grpo_on(cfg, system, samples, run_dir, progress, resume).model_dir
     finally:
         system.shutdown()

@@ -41,7 +41,13 @@ KEEP_CHECKPOINTS = 2  # the last two rounds: a round whose DONE is lost can stil
 # can be continued with more rounds. Resource sizing (CPUs/GPUs per rank, pool sizes, engine batch)
 # is left out too: it changes where and how fast the work runs, not what it means.
 _SECTIONS = ("cycle", "selection", "graded", "generator", "reward_model", "learner")
-_EXCLUDED = {"cycle.rounds", "learner.num_cpus_per_rank", "learner.num_gpus_per_rank"}
+_EXCLUDED = {"cycle.rounds", "learner.num_cpus_per_rank", "learner.num_gpus_per_rank",
+             # how often and how a learner recovers, not what it learns
+             "learner.checkpoint_every", "learner.max_failures",
+             # the continuous mode's own knobs: the rounds neither read them nor change with them
+             "cycle.mode", "cycle.publish_every", "cycle.generator_steps_per_kept", "cycle.rm_steps_per_kept",
+             "cycle.seed_share", "cycle.generator_staleness", "cycle.reward_staleness",
+             "selection.window", "selection.keep_fraction", "selection.quota_slack"}
 
 
 class IncompatibleRunError(CheckpointError):

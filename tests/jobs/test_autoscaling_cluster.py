@@ -1,5 +1,6 @@
-"""Autoscaling end to end on one machine: pending rollout actors make Ray's autoscaler add (fake) nodes,
-and stopping them lets it remove the idle nodes.
+"""Autoscaling end to end on one machine, with the flywheel's own generator actors: pending generator
+actors make Ray's autoscaler add (fake) nodes, generation goes on across the growth with every request
+answered exactly once, and shrinking the pool lets the autoscaler remove the idle nodes.
 
 `ray.cluster_utils.AutoscalingCluster` is used for its config generation shape, but two of its parts
 cannot run here: it reads `fake_multi_node/example.yaml`, which the 2.60 wheel does not ship, and its
@@ -57,7 +58,8 @@ class PrivateAutoscalingCluster(AutoscalingCluster):
         self.head.stop()
 
 
-def test_pending_rollout_actors_add_nodes_and_idle_ones_go() -> None:
+def test_the_generator_pool_grows_onto_new_nodes_and_shrinks_off_them_losing_nothing(
+        tiny_cache: Path, tmp_path: Path) -> None:
     cluster = PrivateAutoscalingCluster(
         head_cpus=1,
         worker_node_types={"ray.worker.rollout": {
@@ -67,8 +69,8 @@ def test_pending_rollout_actors_add_nodes_and_idle_ones_go() -> None:
     cluster.start()
     try:
         done = subprocess.run(
-            [sys.executable, str(HERE / "autoscale_driver.py"), cluster.head.address],
-            env=cluster.head.env(), capture_output=True, text=True, timeout=480,
+            [sys.executable, str(HERE / "autoscale_driver.py"), cluster.head.address, str(tiny_cache), str(tmp_path)],
+            env=cluster.head.env(), capture_output=True, text=True, timeout=900,
         )
         assert done.returncode == 0, done.stderr[-4000:]
         seen = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))[7:])
@@ -77,8 +79,11 @@ def test_pending_rollout_actors_add_nodes_and_idle_ones_go() -> None:
     # patience 2: every second consecutive signal moves the target by one, clamped to [0, 2]
     assert seen["targets"] == [0, 1, 1, 2, 2, 1, 1, 0]
     assert seen["pending_right_after"] == 2  # nothing can host them until the autoscaler adds nodes
-    assert len(seen["head_nodes"]) == 1 and len(seen["nodes_up"]) == 3  # head + two rollout nodes
+    assert len(seen["head_nodes"]) == 1 and len(seen["nodes_up"]) == 3  # head + two generation nodes
     workers = set(seen["nodes_up"]) - set(seen["head_nodes"])
-    assert set(seen["actor_nodes"]) == workers  # one actor on each new node, none on the head
-    assert seen["nodes_down"] == seen["head_nodes"]  # idle rollout nodes were removed
+    assert set(seen["actor_nodes"]) == workers  # one generator on each new node, none on the head
+    assert len(seen["served_by"]) == 2  # both generators wrote candidates
+    assert seen["issued"] == 24 and seen["answered_once"]  # no request lost or answered twice
+    assert seen["outputs"] == 24  # every output (1 per request) became a candidate or a counted failure
+    assert seen["members_left"] == 0 and seen["nodes_down"] == seen["head_nodes"]  # idle nodes removed
     assert not cluster.head.my_pids()

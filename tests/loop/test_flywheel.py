@@ -23,6 +23,7 @@ import pytest
 
 from medgr2_ray.actors.system import reward_objective
 from medgr2_ray.algo.batches import sample_batch
+from medgr2_ray.algo.contamination import build_guard
 from medgr2_ray.algo.requests import generator_requests, parse_candidates, resolve_images, reward_request
 from medgr2_ray.algo.selection import select_samples
 from medgr2_ray.config import Config, load_config
@@ -71,7 +72,7 @@ def _train(learner: Any, recipe: Recipe, role: str, items: list[Sample], steps: 
         counters[recipe] += 1
 
 
-def _round(cfg: Config, k: int, data: Any, engine: Any, rm: Any, images: ImageCache) -> list[Sample]:
+def _round(cfg: Config, k: int, data: Any, engine: Any, rm: Any, images: ImageCache, guard: Any) -> list[Sample]:
     """Generate for round k's images in calls of `loop.requests_per_call`, parse and score each call."""
     requests, meta = generator_requests(round_images(cfg, data.train, k), [TaskType(t) for t in cfg.cycle.tasks],
                                         [PromptStrategy(s) for s in cfg.cycle.strategies], None, k)
@@ -85,7 +86,7 @@ def _round(cfg: Config, k: int, data: Any, engine: Any, rm: Any, images: ImageCa
         parsed = parse_candidates(rollouts, {r.request_id: meta[r.request_id] for r in chunk}, k)
         scores = rm.score([resolve_images(reward_request(s, None), images) for s in parsed.samples])
         candidates += [s.with_provenance(reward=float(x) if np.isfinite(x) else None, rm_version=int(rm.version))
-                       for s, x in zip(parsed.samples, scores)]
+                       for s, x in zip(parsed.samples, scores) if guard is None or guard.check(s, images) is None]
     return sorted(candidates, key=lambda s: s.sample_id)
 
 
@@ -97,7 +98,7 @@ def hand_written_rounds(cfg: Config) -> Hand:
 
     data, dirs = prepare_data(cfg), model_dirs(cfg)
     images = ImageCache.of_images(data.pool.images, data.pool.root)
-    ctx = RecipeContext(images, {i.image_id: i for i in data.pool.images}, cfg.run.seed, graded=cfg.graded)
+    ctx = RecipeContext(images, {i.image_id: i for i in data.train}, cfg.run.seed, graded=cfg.graded)
     g = PolicyLearner(dirs.generator, cfg.generator, cfg.learner, cfg.grpo, cfg.run.seed)
     rm = RewardLearner(dirs.reward_model, cfg.reward_model, cfg.learner, cfg.run.seed, objective=reward_objective(cfg))
     g_steps, r_steps, seeds, kept = Counter(), Counter(), list(data.seeds), []
@@ -105,9 +106,10 @@ def hand_written_rounds(cfg: Config) -> Hand:
     _train(rm, Recipe.REWARD_ANSWER, "reward_model", seeds, cfg.cycle.rm_answer_steps, cfg, ctx, r_steps)
     _train(rm, Recipe.REWARD_GRADE, "reward_model", seeds, cfg.cycle.rm_bootstrap_steps, cfg, ctx, r_steps)
     engine = HFEngine(dirs.generator, cfg.generator, cfg.engine)
+    guard = build_guard(cfg.selection, [i.image_id for i in data.test], images, data.test_samples)
     for k in range(1, cfg.cycle.rounds + 1):
         engine.load_weights(g.export_weights(), int(g.version))
-        candidates = _round(cfg, k, data, engine, rm, images)
+        candidates = _round(cfg, k, data, engine, rm, images, guard)
         chosen = list(select_samples(candidates, cfg.selection, cfg.run.seed + k).kept)
         kept += chosen
         if chosen:
