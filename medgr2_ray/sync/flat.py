@@ -12,6 +12,7 @@ views the bits back as bfloat16. Pure numpy/torch: no Ray here.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 
@@ -99,7 +100,7 @@ def unpack_tensors(flat: FlatWeights) -> dict[str, torch.Tensor]:
     for spec in flat.index:
         if spec.dtype not in bases:
             raise ValueError(f"FlatWeights: tensor '{spec.name}' refers to missing buffer '{spec.dtype}'")
-        numel = int(np.prod(spec.shape, dtype=np.int64))
+        numel = math.prod(spec.shape)  # math.prod: np.prod costs ~3 us per call, per tensor per load
         base = bases[spec.dtype]
         if spec.offset + numel > base.numel():
             raise ValueError(f"FlatWeights: tensor '{spec.name}' overruns its '{spec.dtype}' buffer")
