@@ -87,7 +87,10 @@ class HFEngine:
         self._calls = 0
         self._views: set[str] = set()  # state keys now served as views of published buffers
         self._lora = UnmergedLora()  # adapters applied in the forward pass, W0 untouched
-        self._served: FlatWeights | None = None  # the buffers the views point into
+        # The newest full and LoRA versions served, held so their buffers (views point into them) stay
+        # alive until replaced. Each view also holds its own buffer (torch.from_numpy keeps the array),
+        # so a partial update never frees what other parameters still serve.
+        self._held: dict[str, FlatWeights] = {}
         self.last_load = LoadStats()
         tok = self.loaded.tokenizer
         eos = self.model.generation_config.eos_token_id
@@ -180,9 +183,10 @@ class HFEngine:
         named = unpack_tensors(weights)
         if weights.lora_only:
             self.last_load = self._apply_lora(named)
+            self._held["lora"] = weights
         else:
             self.last_load = self._serve_full(named)
-        self._served = weights  # the views point into these buffers: keep them (and the object) alive
+            self._held = {"full": weights}  # adapters were dropped with the old base
         self.weight_version = int(version)
         log.info("engine loaded weight version %d (%s, %d tensors, %d bytes viewed, %d copied)", version,
                  "LoRA" if weights.lora_only else "full", len(named), self.last_load.viewed_bytes,
