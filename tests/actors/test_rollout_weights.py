@@ -143,7 +143,15 @@ def test_superseded_versions_are_freed_and_the_served_one_is_kept(
         _wait_for(lambda: abs(object_store_bytes_used() - baseline - version_bytes) < version_bytes // 2,
                   f"after version {version} the store should hold one version ({version_bytes} bytes) over "
                   f"its baseline {baseline}")
-    assert len(ray.get(actor.generate.remote(prompts, GREEDY))) == len(prompts)  # still served, still readable
+    greedy = _outputs(ray.get(actor.generate.remote(prompts, GREEDY)))  # still served, still readable
+    # A LoRA update on top serves adapters over the same base views: the full version stays held.
+    name = "model.language_model.layers.0.self_attn.q_proj"
+    lora = {f"{name}.lora_A.weight": torch.full((8, 64), 0.05), f"{name}.lora_B.weight": torch.full((64, 8), 0.05)}
+    ray.get(actor.load_weights.remote(publish_weights(pack_tensors(lora, lora_only=True), 400)))
+    ray.get(actor.generate.remote(prompts, GREEDY))  # run the engine: a freed base would read reused memory
+    _wait_for(lambda: abs(object_store_bytes_used() - baseline - version_bytes) < version_bytes // 2,
+              "a LoRA update must not release the full version its base is served from")
+    assert _outputs(ray.get(actor.generate.remote(prompts, GREEDY))) != greedy  # the adapter is in effect
     ray.kill(actor)
     _wait_for(lambda: object_store_bytes_used() - baseline < version_bytes // 2,
               f"with no engine serving it the last version should be freed (baseline {baseline})")
