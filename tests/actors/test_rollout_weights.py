@@ -22,7 +22,11 @@ from medgr2_ray.engines.hf import HFEngine
 from medgr2_ray.models.loading import load_vlm
 from medgr2_ray.models.tiny import ensure_model_dir
 from medgr2_ray.sync.flat import pack_tensors
-from medgr2_ray.sync.weights import fetch_weights, object_store_bytes_used, publish_weights
+from medgr2_ray.sync.weights import (
+    fetch_weights,
+    object_store_bytes_used,
+    publish_weights,
+)
 from medgr2_ray.types import GenerationRequest, Rollout, SamplingParams, WeightVersion
 
 # Workers cannot import test modules: ship this module's classes by value.
@@ -84,6 +88,11 @@ def _outputs(rollouts: list[Rollout]) -> list[tuple[tuple[int, ...], bytes]]:
     return [(r.completion_token_ids, r.logprobs.tobytes()) for r in rollouts]
 
 
+def _holds_one_version(baseline: int, version_bytes: int) -> Callable[[], bool]:
+    """Whether the store holds exactly one version of `version_bytes` over `baseline` (+- half of one)."""
+    return lambda: abs(object_store_bytes_used() - baseline - version_bytes) < version_bytes // 2
+
+
 def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
     """Freeing is asynchronous (borrowers report to the owner, the raylet deletes): poll for it."""
     deadline = time.monotonic() + timeout_s
@@ -140,7 +149,7 @@ def test_superseded_versions_are_freed_and_the_served_one_is_kept(
         ray.get(actor.load_weights.remote(published))
         del published  # the driver lets go, as the controller does with an old WeightVersion
         # Exactly one version stays: the one the actor serves; every earlier one is given back.
-        _wait_for(lambda: abs(object_store_bytes_used() - baseline - version_bytes) < version_bytes // 2,
+        _wait_for(_holds_one_version(baseline, version_bytes),
                   f"after version {version} the store should hold one version ({version_bytes} bytes) over "
                   f"its baseline {baseline}")
     greedy = _outputs(ray.get(actor.generate.remote(prompts, GREEDY)))  # still served, still readable
@@ -149,7 +158,7 @@ def test_superseded_versions_are_freed_and_the_served_one_is_kept(
     lora = {f"{name}.lora_A.weight": torch.full((8, 64), 0.05), f"{name}.lora_B.weight": torch.full((64, 8), 0.05)}
     ray.get(actor.load_weights.remote(publish_weights(pack_tensors(lora, lora_only=True), 400)))
     ray.get(actor.generate.remote(prompts, GREEDY))  # run the engine: a freed base would read reused memory
-    _wait_for(lambda: abs(object_store_bytes_used() - baseline - version_bytes) < version_bytes // 2,
+    _wait_for(_holds_one_version(baseline, version_bytes),
               "a LoRA update must not release the full version its base is served from")
     assert _outputs(ray.get(actor.generate.remote(prompts, GREEDY))) != greedy  # the adapter is in effect
     ray.kill(actor)
