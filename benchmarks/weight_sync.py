@@ -1,20 +1,21 @@
 """Weight sync against the memory-bandwidth limit: export (pack) -> publish (`ray.put`) -> fetch
-(`ray.get` in another actor on the same node) -> load into the engine's live model, for Qwen2-VL models
-of ~10M to ~500M parameters, full weights and LoRA adapters only.
+(`ray.get` in another actor on the same node) -> serve in the engine, for Qwen2-VL models of ~10M to
+~500M parameters, full weights and LoRA adapters only.
 
 Everything runs through the project's own code: `PolicyLearner.export_weights` (learner side),
 `sync.weights.publish_weights` / `fetch_weights`, and `HFEngine.load_weights` inside a Ray actor.
-Measured side by side in each repetition:
-* memcpy: `np.copyto` of the same number of bytes into an already-touched buffer (the physical limit
-  of one copy on this machine);
-* the thing we avoid: `ray.put` of the learner's dict of torch tensors and `ray.get` of it in the actor.
+Measured side by side in each repetition: memcpy, `np.copyto` of the same number of bytes into an
+already-touched buffer (the physical limit of one copy on this machine).
 
-Stage arithmetic: publish is one copy (learner memory -> shared memory), fetch maps the shared memory
-(no copy on the same node), load is one copy (shared memory -> the engine's parameters). Two copies,
-so publish+fetch+load is bounded by 0.5 of memcpy; export adds two more (`export_state` clones, then
-`pack_tensors` copies into the flat buffer).
+Copy arithmetic (issue 17): export is one copy (parameters -> the publish buffer, no clone); publish is
+one copy (that buffer -> shared memory, `ray.put`); fetch maps the shared memory (no copy on one node);
+load makes the engine's parameters read-only views of it (no copy; `engines/served.py`), and a LoRA
+update swaps the adapters of unmerged LoRA hooks. So publish+fetch+load is one copy: its ceiling is 1.0
+of memcpy. The first repetitions touch fresh object-store pages and are not recorded (`--warmup`); the
+table gives the median, the range and every repetition, so slow puts (the store's reuse of freed memory
+as versions come and go) show as outliers instead of hiding in a mean.
 
-    .venv/bin/python benchmarks/weight_sync.py [--quick]
+    .venv/bin/python benchmarks/weight_sync.py [--quick] [--sizes 150M,500M] [--reps 10]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import gc
 import sys
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +34,18 @@ import common  # noqa: E402  (sets the offline/one-thread environment before tor
 
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
-import torch  # noqa: E402
 
 from medgr2_ray.config import GRPOConfig, LearnerConfig, LoraConfig, ModelConfig, TinyModelConfig  # noqa: E402
 from medgr2_ray.learner.policy import PolicyLearner  # noqa: E402
 from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
-from medgr2_ray.sync.weights import publish_weights  # noqa: E402
+from medgr2_ray.sync.weights import object_store_bytes_used, publish_weights  # noqa: E402
 from medgr2_ray.types import WeightVersion  # noqa: E402
 
 GB = 1e9
 LORA = LoraConfig(enabled=True, r=8, alpha=16)
+GOAL_FULL = 0.9  # full-weight sync / memcpy, medians, at 150M and 500M
+GOAL_LORA = 0.10  # LoRA sync ms / full sync ms at 500M
+GOAL_SIZES = ("150M", "500M")
 
 
 def text_tower(hidden: int, layers: int) -> TinyModelConfig:
@@ -64,6 +68,7 @@ class ReaderTiming:
 
     fetch_s: float
     load_s: float
+    copied_bytes: int
     num_bytes: int
 
 
@@ -73,6 +78,8 @@ class SyncReader:
 
     def __init__(self, model_dir: str, model_cfg: ModelConfig) -> None:
         import common as _  # noqa: F401  (offline env in the worker)
+        import torch
+
         from medgr2_ray.config import EngineConfig
         from medgr2_ray.engines.hf import HFEngine
 
@@ -84,55 +91,54 @@ class SyncReader:
 
         fetch_s, flat = common.timed(lambda: fetch_weights(weights))
         load_s, _ = common.timed(lambda: self.engine.load_weights(flat, weights.version))
-        return ReaderTiming(fetch_s, load_s, flat.num_bytes)
-
-    def get_dict(self, refs: list[Any]) -> float:
-        """Seconds to `ray.get` a dict of torch tensors (refs wrapped in a list: not auto-resolved)."""
-        seconds, state = common.timed(lambda: ray.get(refs[0]))
-        assert isinstance(state, dict) and state
-        return seconds
+        return ReaderTiming(fetch_s, load_s, self.engine.last_load.copied_bytes, flat.num_bytes)
 
 
-def memcpy_seconds(num_bytes: int) -> tuple[float, float]:
-    """Seconds of one plain copy of `num_bytes` into a warm destination (`np.copyto`: libc memcpy), and of
-    the same copy by torch `Tensor.copy_` at one thread (what the engine's load does per tensor)."""
-    src = np.ones(num_bytes // 4, dtype=np.float32)
-    dst = np.zeros_like(src)
-    np.copyto(dst, src)  # touch every page of both first
-    memcpy_s = common.timed(lambda: np.copyto(dst, src))[0]
-    torch_s = common.timed(lambda: torch.from_numpy(dst).copy_(torch.from_numpy(src)))[0]
-    return memcpy_s, torch_s
+class Memcpy:
+    """The physical limit, measured beside each version: `np.copyto` (libc memcpy) of the bytes just
+    packed (warm: export wrote them) into a destination touched once per case, so the baseline pays no
+    page faults and holds one extra copy of the weights, not two."""
+
+    def __init__(self) -> None:
+        self.dst: np.ndarray | None = None
+
+    def seconds(self, src: np.ndarray) -> float:
+        """One copy of `src`'s bytes."""
+        flat = src.view(np.uint8).reshape(-1)
+        if self.dst is None or self.dst.nbytes < flat.nbytes:
+            self.dst = np.zeros(flat.nbytes, dtype=np.uint8)
+        dst = self.dst[: flat.nbytes]
+        return common.timed(lambda: np.copyto(dst, flat))[0]
 
 
-def measure_case(model_dir: Path, model_cfg: ModelConfig, reps: int) -> dict[str, list[float]]:
-    """Every stage and both baselines, `reps` times, for one model and one mode (full or LoRA)."""
-    learner = PolicyLearner(model_dir, model_cfg, LearnerConfig(), GRPOConfig(), seed=0)
+def measure_case(model_dir: Path, model_cfg: ModelConfig, reps: int, warmup: int) -> dict[str, list[float]]:
+    """Every stage and the memcpy baseline, `reps` times after `warmup` unrecorded versions, for one
+    model and one mode (full or LoRA)."""
+    learner = PolicyLearner(model_dir, model_cfg, LearnerConfig(), GRPOConfig(kl_coef=0.0), seed=0)
     reader = SyncReader.remote(str(model_dir), model_cfg)
     ray.get(reader.__ray_ready__.remote())
-    out: dict[str, list[float]] = {k: [] for k in ("export", "put", "fetch", "load", "dict_put", "dict_get", "memcpy",
-                                                   "torch_copy")}
-    for version in range(reps + 1):  # version 0 warms up every path and is not recorded
+    memcpy = Memcpy()
+    keys = ("export", "put", "fetch", "load", "memcpy", "copied", "store_mb")
+    out: dict[str, list[float]] = {k: [] for k in keys}
+    for version in range(1, warmup + reps + 1):
         export_s, flat = common.timed(learner.export_weights)
-        put_s, published = common.timed(lambda: publish_weights(flat, version + 1))
-        timing = ray.get(reader.fetch_and_load.remote(published))
+        put_s, published = common.timed(partial(publish_weights, flat, version))
         num_bytes = flat.num_bytes
-        del flat, published
-        state = learner.export_state()
-        dict_put_s, ref = common.timed(lambda: ray.put(state))
-        dict_get_s = ray.get(reader.get_dict.remote([ref]))
-        del ref, state
+        memcpy_s = sum(memcpy.seconds(buffer) for buffer in flat.buffers.values())
+        del flat  # the learner's packed buffer: the store holds the version now
+        timing = ray.get(reader.fetch_and_load.remote(published))
+        del published  # as the controller does: only the engine holds the version from here on
         gc.collect()
-        memcpy_s, torch_copy_s = memcpy_seconds(num_bytes)
-        if version == 0:
+        if version <= warmup:
             continue
         for key, value in (("export", export_s), ("put", put_s), ("fetch", timing.fetch_s), ("load", timing.load_s),
-                           ("dict_put", dict_put_s), ("dict_get", dict_get_s), ("memcpy", memcpy_s),
-                           ("torch_copy", torch_copy_s)):
+                           ("memcpy", memcpy_s), ("copied", float(timing.copied_bytes)),
+                           ("store_mb", object_store_bytes_used() / 1e6)):
             out[key].append(value)
     out["bytes"] = [float(num_bytes)]
     out["params"] = [float(sum(p.numel() for p in learner.model.parameters()))]
     ray.kill(reader)
-    del learner
+    del learner, memcpy
     gc.collect()
     return out
 
@@ -143,31 +149,40 @@ def summarize_case(name: str, mode: str, m: dict[str, list[float]]) -> dict[str,
     gbps = lambda secs: [nbytes / GB / s for s in secs]  # noqa: E731
     sync = [p + f + l for p, f, l in zip(m["put"], m["fetch"], m["load"])]
     full = [e + s for e, s in zip(m["export"], sync)]
-    dict_rt = [p + g for p, g in zip(m["dict_put"], m["dict_get"])]
-    flat_rt = [p + f for p, f in zip(m["put"], m["fetch"])]
+    ratios = [c / s for c, s in zip(m["memcpy"], sync)]
     return {
         "model": name, "mode": mode, "params": m["params"][0], "bytes": nbytes,
         "memcpy_gbps": common.summarize(gbps(m["memcpy"])),
         "sync_gbps": common.summarize(gbps(sync)),
         "sync_ms": common.summarize([s * 1e3 for s in sync]),
         "sync_vs_memcpy": common.ratio_stat(m["memcpy"], sync),
+        "sync_vs_memcpy_reps": ratios,
         "with_export_vs_memcpy": common.ratio_stat(m["memcpy"], full),
+        "export_vs_memcpy": common.ratio_stat(m["memcpy"], m["export"]),
         "put_vs_memcpy": common.ratio_stat(m["memcpy"], m["put"]),
-        "load_vs_memcpy": common.ratio_stat(m["memcpy"], m["load"]),
-        "torch_copy_vs_memcpy": common.ratio_stat(m["memcpy"], m["torch_copy"]),
         "fetch_ms": common.summarize([s * 1e3 for s in m["fetch"]]),
-        "flat_vs_dict": common.ratio_stat(dict_rt, flat_rt),
+        "load_ms": common.summarize([s * 1e3 for s in m["load"]]),
+        "copied_mb": max(m["copied"]) / 1e6,
+        "store_mb": common.summarize(m["store_mb"]),
         "raw": m,
     }
 
 
+def _reps(values: list[float]) -> str:
+    """Every repetition's ratio, in order (outliers stay visible)."""
+    return " ".join(f"{v:.2f}" for v in values)
+
+
 def run(args: argparse.Namespace) -> None:
     common.single_thread()
-    sizes = ["10M"] if args.quick else list(SIZES)
-    reps = 2 if args.quick else 5
+    sizes = args.sizes.split(",") if args.sizes else (["10M"] if args.quick else ["150M", "500M"])
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        raise SystemExit(f"--sizes: unknown {unknown}; choose from {sorted(SIZES)}")
+    reps = args.reps or (3 if args.quick else 10)
     report = common.Report("weight_sync", args.quick, {
-        "sizes": {s: SIZES[s].model_dump() for s in sizes}, "reps": reps, "lora": LORA.model_dump(),
-        "object_store_memory_gib": args.object_store_gib, "dtype": "float32",
+        "sizes": {s: SIZES[s].model_dump() for s in sizes}, "reps": reps, "warmup": args.warmup,
+        "lora": LORA.model_dump(), "object_store_memory_gib": args.object_store_gib, "dtype": "float32",
     })
     ray.init(num_cpus=2, object_store_memory=int(args.object_store_gib * 2**30), include_dashboard=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent)}}, log_to_driver=False)
@@ -177,47 +192,66 @@ def run(args: argparse.Namespace) -> None:
         for mode, lora in (("full", LoraConfig()), ("lora", LORA)):
             cfg = ModelConfig(tiny=SIZES[size], lora=lora)
             model_dir = ensure_model_dir(ModelConfig(tiny=SIZES[size]), cache, seed=0, role="policy")
-            case = summarize_case(size, mode, measure_case(model_dir, cfg, reps))
-            print(f"{size} {mode}: sync {case['sync_gbps'].fmt()} GB/s, {case['sync_vs_memcpy'].fmt()} of memcpy", flush=True)
+            case = summarize_case(size, mode, measure_case(model_dir, cfg, reps, args.warmup))
+            print(f"{size} {mode}: sync {case['sync_ms'].fmt()} ms, {case['sync_vs_memcpy'].fmt()} of memcpy "
+                  f"(reps {_reps(case['sync_vs_memcpy_reps'])})", flush=True)
             cases.append(case)
     ray.shutdown()
     rows = [[c["model"], c["mode"], f"{c['params'] / 1e6:.0f}M", f"{c['bytes'] / 1e6:.1f}", c["memcpy_gbps"].fmt(),
-             c["sync_ms"].fmt(), c["sync_gbps"].fmt(), c["sync_vs_memcpy"].fmt(), c["put_vs_memcpy"].fmt(), c["load_vs_memcpy"].fmt(),
-             c["torch_copy_vs_memcpy"].fmt(),
-             c["fetch_ms"].fmt(), c["with_export_vs_memcpy"].fmt(), c["flat_vs_dict"].fmt()] for c in cases]
-    report.table("Weight sync: publish -> fetch (other actor, same node) -> load into the engine", [
-        "model", "mode", "params", "MB", "memcpy GB/s", "sync ms", "sync GB/s", "sync / memcpy", "put / memcpy",
-        "load / memcpy", "torch copy_ / memcpy", "fetch ms", "incl. export / memcpy", "flat vs torch-dict put+get"], rows)
+             c["sync_ms"].fmt(), c["sync_vs_memcpy"].fmt(), _reps(c["sync_vs_memcpy_reps"]), c["put_vs_memcpy"].fmt(),
+             c["fetch_ms"].fmt(), c["load_ms"].fmt(), f"{c['copied_mb']:.1f}", c["export_vs_memcpy"].fmt(),
+             c["with_export_vs_memcpy"].fmt(), c["store_mb"].fmt()] for c in cases]
+    report.table("Weight sync: publish -> fetch (other actor, same node) -> serve in the engine", [
+        "model", "mode", "params", "MB", "memcpy GB/s", "sync ms", "sync / memcpy", "sync / memcpy, each rep",
+        "put / memcpy", "fetch ms", "load ms", "load copied MB", "export / memcpy", "incl. export / memcpy",
+        "store MB after"], rows)
     report.data["cases"] = cases
-    goal(report, cases)
+    goals(report, cases)
     plot(report, cases)
     report.save()
 
 
-def goal(report: common.Report, cases: list[dict[str, Any]]) -> None:
-    full = [c for c in cases if c["mode"] == "full"]
-    worst = min(full, key=lambda c: c["sync_vs_memcpy"].median)
-    met = all(c["sync_vs_memcpy"].median >= 0.5 for c in full)
+def goals(report: common.Report, cases: list[dict[str, Any]]) -> None:
+    """The issue's two goals on whichever sizes ran (the committed run has 150M and 500M)."""
+    full = {c["model"]: c for c in cases if c["mode"] == "full"}
+    lora = {c["model"]: c for c in cases if c["mode"] == "lora"}
+    judged = [full[s] for s in GOAL_SIZES if s in full] or list(full.values())
+    met = all(c["sync_vs_memcpy"].median >= GOAL_FULL for c in judged)
+    slow = {c["model"]: sum(r < GOAL_FULL for r in c["sync_vs_memcpy_reps"]) for c in judged}
     report.goals.append(common.Goal(
-        "full-weight sync >= 0.5 of memcpy (publish+fetch+load, one node)", ">= 0.5 for every size",
-        ", ".join(f"{c['model']} {c['sync_vs_memcpy'].fmt()}" for c in full), met,
-        "" if met else f"worst {worst['model']}: sync makes two copies (learner -> shared memory in ray.put, shared "
-        "memory -> engine parameters in load), so 0.5 is its ceiling. Put reaches "
-        f"{worst['put_vs_memcpy'].fmt()} of memcpy (it also faults in fresh shared-memory pages); load reaches "
-        f"{worst['load_vs_memcpy'].fmt()}: it copies tensor by tensor with np.copyto into the parameters' numpy "
-        "views (torch `copy_` at one thread ran at "
-        f"{worst['torch_copy_vs_memcpy'].fmt()} of memcpy on the same bytes in this run), one call per tensor "
-        "and into pages the engine has not touched since its last load; past 0.5 needs the engine to use the "
-        "shared buffers as its (read-only) parameters instead of copying them",
+        f"full-weight sync >= {GOAL_FULL} of memcpy (publish+fetch+load, one node, medians)",
+        f">= {GOAL_FULL} at " + " and ".join(GOAL_SIZES),
+        ", ".join(f"{c['model']} {c['sync_vs_memcpy'].fmt()} ({slow[c['model']]} of {len(c['sync_vs_memcpy_reps'])} "
+                  f"reps below {GOAL_FULL})" for c in judged), met,
+        "" if met else "the engine serves the published buffers (load copies "
+        + ", ".join(f"{c['model']} {c['copied_mb']:.0f} MB" for c in judged) + "), so what remains is the put: "
+        + ", ".join(f"{c['model']} {c['put_vs_memcpy'].fmt()} of memcpy" for c in judged)
+        + "; a put into object-store pages not touched since they were freed pays page faults",
     ))
-    lora = [c for c in cases if c["mode"] == "lora"]
+    size = next((s for s in reversed(GOAL_SIZES) if s in full and s in lora), None)
+    if size is None:
+        size = max((s for s in full if s in lora), key=lambda s: full[s]["bytes"], default=None)
+    if size is not None:
+        share = lora[size]["sync_ms"].median / full[size]["sync_ms"].median
+        report.goals.append(common.Goal(
+            f"LoRA sync at {size} <= {GOAL_LORA:.0%} of the full-weight sync (same run)", f"<= {GOAL_LORA:.0%}",
+            f"{share:.1%} (LoRA {lora[size]['sync_ms'].fmt()} ms, {lora[size]['bytes'] / 1e6:.1f} MB; full "
+            f"{full[size]['sync_ms'].fmt()} ms)", share <= GOAL_LORA,
+            "" if share <= GOAL_LORA else "a LoRA update costs a put, a fetch and swapping the unmerged adapters; "
+            f"load {lora[size]['load_ms'].fmt()} ms, fetch {lora[size]['fetch_ms'].fmt()} ms",
+        ))
     report.notes.append(
-        "LoRA-only payloads are small (" + ", ".join(f"{c['model']} {c['bytes'] / 1e6:.1f} MB" for c in lora)
-        + "): their sync time is the fixed cost of a put, an actor call and W = W0 + s*B@A over the adapted "
-        "matrices, so their 'GB/s' is not a bandwidth; compare their 'sync ms' with the full rows.")
-    report.notes.append("'incl. export' adds PolicyLearner.export_weights: export_state clones every tensor, then "
-                        "pack_tensors copies it into the flat buffer (two more copies; the clone could be skipped "
-                        "by packing straight from the parameters).")
+        "Copies per update: export (pack straight from the parameters into the publish buffer) is one copy, "
+        "export / memcpy " + ", ".join(f"{c['model']} {c['export_vs_memcpy'].fmt()}" for c in full.values())
+        + " (it writes a freshly allocated buffer, so it also pays that buffer's page faults); publish is one "
+        "copy; fetch and load copy nothing ('load copied MB' is what the engine copied: 0 when it serves "
+        "the buffers as views).")
+    report.notes.append(
+        "LoRA updates swap the adapters of unmerged LoRA hooks (x @ W0^T + s * (x @ A^T) @ B^T) instead of "
+        "rebuilding W0 + s*B@A for every adapted matrix, so their cost follows the adapter's size ("
+        + ", ".join(f"{c['model']} {c['bytes'] / 1e6:.1f} MB" for c in lora.values()) + ").")
+    report.notes.append("'store MB after': object-store bytes after each recorded version was served and the "
+                        "driver let go: one version (the one the engine serves), not a growing pile.")
 
 
 def plot(report: common.Report, cases: list[dict[str, Any]]) -> None:
@@ -236,9 +270,13 @@ def plot(report: common.Report, cases: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10M model only, 2 repetitions (results/quick/)")
+    parser.add_argument("--quick", action="store_true", help="10M model only, 3 repetitions (results/quick/)")
+    parser.add_argument("--sizes", help=f"comma-separated model sizes among {sorted(SIZES)} (default 150M,500M)")
+    parser.add_argument("--reps", type=int, help="recorded repetitions per case (default 10; 3 with --quick)")
+    parser.add_argument("--warmup", type=int, default=2, help="unrecorded versions first (touch the store's pages)")
     parser.add_argument("--cache", help="directory for the built models (default: a fresh temp dir)")
-    parser.add_argument("--object-store-gib", type=float, default=5.0, help="Ray object store size (500M fp32 = 2 GB)")
+    parser.add_argument("--object-store-gib", type=float, default=7.0,
+                        help="Ray object store size (500M fp32 = 2 GB; a served, a new and a freeing version)")
     run(parser.parse_args())
 
 

@@ -36,7 +36,7 @@ from medgr2_ray.data.images import ImageCache
 from medgr2_ray.metrics import REWARD_MEAN, SAMPLES_SCORED, WEIGHT_VERSION, Metrics
 from medgr2_ray.prompts import reward_prompt
 from medgr2_ray.sync.weights import fetch_weights
-from medgr2_ray.types import GenerationRequest, RewardObjective, Rollout, ScoredGroup, WeightVersion
+from medgr2_ray.types import FlatWeights, GenerationRequest, RewardObjective, Rollout, ScoredGroup, WeightVersion
 
 
 def reward_model_request(request: GenerationRequest, rollout: Rollout) -> GenerationRequest | None:
@@ -87,6 +87,8 @@ class ScorerActor:
         self.version = 0
         self.learner = None
         self.images = ImageCache(refs=spec.images, resolve=ray.get)
+        self._views: set[str] = set()  # R's state keys now served as views of a published version
+        self._served: FlatWeights | None = None
         if spec.model_dir is None and spec.reward_cfg.alpha > 0:
             raise ValueError("reward.alpha > 0 needs a reward model directory for the scorer")
         if spec.model_dir is not None:
@@ -104,13 +106,26 @@ class ScorerActor:
         return actor_info(self.version)
 
     def load_weights(self, weights: WeightVersion) -> int:
-        """Replace R's weights (full reward model: backbone + head) with a published version."""
+        """Replace R's weights (full reward model: backbone + head) with a published version, served as
+        views of the fetched buffers where dtype and device allow (no copy; `engines/served.py`)."""
         if self.learner is None:
             raise RuntimeError("this scorer has no reward model (reward.alpha == 0)")
+        from medgr2_ray.engines.served import serve_tensors
         from medgr2_ray.sync.flat import unpack_tensors
 
-        named = unpack_tensors(fetch_weights(weights, self.metrics))
-        self.learner.model.load_state_dict({k: v.clone() for k, v in named.items()}, strict=True)
+        flat = fetch_weights(weights, self.metrics)
+        named = unpack_tensors(flat)
+        state = self.learner.model.state_dict(keep_vars=True)
+        missing, unexpected = sorted(set(state) - set(named)), sorted(set(named) - set(state))
+        if missing or unexpected:
+            raise KeyError(f"reward weights version {weights.version} do not match the scorer's model "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]}); publish the full reward model")
+        for name, tensor in named.items():
+            if tuple(tensor.shape) != tuple(state[name].shape):
+                raise ValueError(f"reward weight '{name}': shape {tuple(tensor.shape)} != scorer "
+                                 f"{tuple(state[name].shape)}")
+        serve_tensors(state, named, self._views)
+        self._served = flat  # the parameters are views of these buffers: keep them until the next version
         self.version = weights.version
         self.metrics.record(WEIGHT_VERSION, self.version, pool="scorer")
         return self.version

@@ -40,6 +40,8 @@ class RolloutEngine(Protocol):
         ...
 
     def load_weights(self, weights: FlatWeights, version: int) -> None:
-        """Replace the weights in place: full tensors, or LoRA adapters applied on the engine's base
-        weights (W = W0 + scale * B @ A; repeated updates never compound). Sets `weight_version`."""
+        """Replace the weights without a rebuild: full tensors, or LoRA adapters applied on the engine's
+        base weights (W = W0 + scale * B @ A; repeated updates never compound). An engine may serve
+        `weights`' buffers themselves (then it keeps them until the next update and never writes them).
+        Sets `weight_version`."""
         ...

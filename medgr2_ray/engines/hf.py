@@ -1,5 +1,7 @@
 """The Hugging Face rollout engine: batched VLM sampling with a KV cache, behaviour log-probs, and
-in-place weight updates (full or LoRA). The CPU default; it runs unchanged on a GPU.
+weight updates without a rebuild: it serves published buffers as its parameters (read-only views, no
+copy, on the CPU) and LoRA adapters unmerged (`engines/served.py`). The CPU default; it runs unchanged
+on a GPU (one bucketed host -> device copy per update).
 
 Why our own decode loop instead of `model.generate`: we need (1) the log-probs of the distribution
 actually sampled from (see `engines/base.py`), (2) explicit M-RoPE positions identical to the
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from medgr2_ray.config import EngineConfig, ModelConfig
+from medgr2_ray.engines.served import LoadStats, UnmergedLora, serve_tensors
 from medgr2_ray.models.loading import load_vlm
 from medgr2_ray.models.processing import VLMInputs, encode_prompts, forward_kwargs
 from medgr2_ray.sync.flat import unpack_tensors
@@ -64,18 +67,6 @@ class _Row:
     done: bool = False
 
 
-def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """Copy weights in place. On the CPU, numpy's copy runs at memcpy speed where torch's `copy_` on one
-    thread reached 0.41-0.83 of it (benchmarks/weight_sync.py); bf16 has no numpy dtype and GPUs copy
-    with torch."""
-    same = dst.dtype == src.dtype and dst.dtype != torch.bfloat16 and dst.is_contiguous() and src.is_contiguous()
-    if same and dst.device.type == "cpu" and src.device.type == "cpu":
-        np.copyto(dst.detach().numpy(), src.numpy(), casting="no")
-    else:
-        with torch.no_grad():
-            dst.copy_(src)
-
-
 def _first_stop(text: str, stop: Sequence[str]) -> int | None:
     """Index of the earliest stop string in text, or None."""
     hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
@@ -94,7 +85,13 @@ class HFEngine:
         self.seed = seed
         self.weight_version = 0
         self._calls = 0
-        self._lora_base: dict[str, torch.Tensor] = {}  # module path -> W0 of a LoRA-updated weight
+        self._views: set[str] = set()  # state keys now served as views of published buffers
+        self._lora = UnmergedLora()  # adapters applied in the forward pass, W0 untouched
+        # The newest full and LoRA versions served, held so their buffers (views point into them) stay
+        # alive until replaced. Each view also holds its own buffer (torch.from_numpy keeps the array),
+        # so a partial update never frees what other parameters still serve.
+        self._held: dict[str, FlatWeights] = {}
+        self.last_load = LoadStats()
         tok = self.loaded.tokenizer
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
@@ -180,17 +177,22 @@ class HFEngine:
     # ---- weights ----------------------------------------------------------------------------
     @torch.no_grad()
     def load_weights(self, weights: FlatWeights, version: int) -> None:
-        """Copy new weights into the live parameters (no rebuild); LoRA is applied on kept W0."""
+        """Serve new weights without a rebuild: full tensors as views of `weights`' buffers where the
+        dtype matches on the CPU (else one copy, bucketed to a GPU), LoRA adapters unmerged on the
+        kept W0 (`engines/served.py`). `weights` is held until the next update replaces it."""
         named = unpack_tensors(weights)
         if weights.lora_only:
-            self._apply_lora(named)
+            self.last_load = self._apply_lora(named)
+            self._held["lora"] = weights
         else:
-            self._copy_full(named)
+            self.last_load = self._serve_full(named)
+            self._held = {"full": weights}  # adapters were dropped with the old base
         self.weight_version = int(version)
-        log.info("engine loaded weight version %d (%s, %d tensors)", version,
-                 "LoRA" if weights.lora_only else "full", len(named))
+        log.info("engine loaded weight version %d (%s, %d tensors, %d bytes viewed, %d copied)", version,
+                 "LoRA" if weights.lora_only else "full", len(named), self.last_load.viewed_bytes,
+                 self.last_load.copied_bytes)
 
-    def _copy_full(self, named: dict[str, torch.Tensor]) -> None:
+    def _serve_full(self, named: dict[str, torch.Tensor]) -> LoadStats:
         state = self.model.state_dict(keep_vars=True)
         targets: dict[str, torch.Tensor] = {}
         for name, tensor in named.items():
@@ -201,11 +203,12 @@ class HFEngine:
             if tuple(state[key].shape) != tuple(tensor.shape):
                 raise ValueError(f"weight '{name}': shape {tuple(tensor.shape)} != engine {tuple(state[key].shape)}")
             targets[key] = tensor
-        for key, tensor in targets.items():  # validated first: a bad update changes nothing
-            _copy_into(state[key], tensor)
-        self._lora_base.clear()  # the new full weights are the base of any later LoRA update
+        # Validated first: a bad update changes nothing. New full weights are the base of any later LoRA
+        # update, so adapters served on the old base are dropped (as a merged copy would overwrite them).
+        self._lora.clear()
+        return serve_tensors(state, targets, self._views)
 
-    def _apply_lora(self, named: dict[str, torch.Tensor]) -> None:
+    def _apply_lora(self, named: dict[str, torch.Tensor]) -> LoadStats:
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         for name, tensor in named.items():
             match = _LORA_NAME.match(name)
@@ -215,15 +218,12 @@ class HFEngine:
         modules = dict(self.model.named_modules())
         lora = self.model_cfg.lora
         for path, ab in pairs.items():
-            if set(ab) != {"A", "B"} or path not in modules or not hasattr(modules[path], "weight"):
+            if set(ab) != {"A", "B"} or path not in modules or not isinstance(modules[path], torch.nn.Linear):
                 raise KeyError(f"LoRA update for '{path}' needs lora_A and lora_B of an existing linear module")
             if ab["A"].shape[0] != lora.r:
                 raise ValueError(f"LoRA rank {ab['A'].shape[0]} of '{path}' != model config lora.r={lora.r}")
-        scale = lora.alpha / lora.r
-        for path in set(self._lora_base) - set(pairs):  # adapters no longer present: back to W0
-            modules[path].weight.copy_(self._lora_base[path])
-        for path, ab in pairs.items():
             weight = modules[path].weight
-            base = self._lora_base.setdefault(path, weight.detach().clone())
-            delta = scale * (ab["B"].float().to(self.device) @ ab["A"].float().to(self.device))
-            weight.copy_((base.float() + delta).to(weight.dtype))
+            if (ab["B"].shape[0], ab["A"].shape[1]) != tuple(weight.shape) or ab["B"].shape[1] != lora.r:
+                raise ValueError(f"LoRA B@A of '{path}' has shape {(ab['B'].shape[0], ab['A'].shape[1])}, "
+                                 f"weight {tuple(weight.shape)}")
+        return self._lora.update(modules, {p: (ab["A"], ab["B"]) for p, ab in pairs.items()}, lora.alpha / lora.r)

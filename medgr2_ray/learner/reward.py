@@ -33,7 +33,6 @@ from medgr2_ray.models.loading import apply_lora
 from medgr2_ray.models.processing import check_request, encode_prompts
 from medgr2_ray.models.reward_head import HEAD_FILE, RewardModel, RewardOutput, VerifierInit
 from medgr2_ray.models.verifier import encode_verdicts
-from medgr2_ray.sync.flat import pack_tensors
 from medgr2_ray.types import FlatWeights, GenerationRequest, RewardExample, RewardObjective
 
 REWARD_COUNTS = ("examples_in", "examples_dropped_bad_request", "examples_dropped_bad_target",
@@ -194,19 +193,18 @@ class RewardLearner(Trainer):
                     out[i] = float(value)
         return out
 
-    def export_state(self, merged: bool = False) -> dict[str, torch.Tensor]:
-        """The whole reward model (backbone with LoRA merged, plus head): a scorer needs all of it."""
-        with self.strategy.gathered_parameters():
-            if self.lora:
-                state = {f"backbone.{k}": v for k, v in merged_lora_state(self.reward_model.backbone).items()}
-                state.update({f"head.{k}": v for k, v in self.reward_model.head.state_dict().items()})
-            else:
-                state = dict(self.model.state_dict())
-            return {n: t.detach().to("cpu").clone() for n, t in state.items()}
+    def _export_tensors(self, merged: bool) -> dict[str, torch.Tensor]:
+        """The whole reward model (backbone with LoRA merged, plus head), live: a scorer needs all of it.
+        Always merged (`merged` is ignored): the head is not an adapter."""
+        if self.lora:
+            state = {f"backbone.{k}": v for k, v in merged_lora_state(self.reward_model.backbone).items()}
+            state.update({f"head.{k}": v for k, v in self.reward_model.head.state_dict().items()})
+            return state
+        return dict(self.model.state_dict())
 
     def export_weights(self, merged: bool = True) -> FlatWeights:
         """Full reward-model weights as FlatWeights (never LoRA-only: the head is not an adapter)."""
-        return pack_tensors(self.export_state(True), lora_only=False)
+        return super().export_weights(merged=True)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Backbone (LoRA merged) as an HF directory plus the head, readable by `RewardModel.from_pretrained`."""

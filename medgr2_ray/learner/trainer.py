@@ -141,21 +141,29 @@ class Trainer:
 
     # ------------------------------------------------------------ weight export
 
+    def _export_tensors(self, merged: bool) -> dict[str, torch.Tensor]:
+        """The tensors to ship, as they live (the parameters themselves, no copy): adapters only when
+        LoRA, the merged full state when asked, else everything. Valid only inside
+        `strategy.gathered_parameters()` (under ZeRO-3 the parameters are whole only there)."""
+        if self.lora and merged:
+            return merged_lora_state(self.model)
+        if self.lora:
+            return {n: p for n, p in self.model.named_parameters() if ".lora_" in n}
+        return dict(self.model.state_dict())
+
     def export_state(self, merged: bool = False) -> dict[str, torch.Tensor]:
-        """Named tensors to ship: adapters only when LoRA (or the merged full state), else everything."""
+        """Named CPU tensors to ship, each a copy the caller owns (see `_export_tensors` for which)."""
         with self.strategy.gathered_parameters():
-            if self.lora and merged:
-                state = merged_lora_state(self.model)
-            elif self.lora:
-                state = {n: p for n, p in self.model.named_parameters() if ".lora_" in n}
-            else:
-                state = dict(self.model.state_dict())
-            return {n: t.detach().to("cpu").clone() for n, t in state.items()}
+            return {n: t.detach().to("cpu").clone() for n, t in self._export_tensors(merged).items()}
 
     def export_weights(self, merged: bool = False) -> FlatWeights:
-        """Weights for the rollout engines as `FlatWeights` (LoRA-only unless `merged` or full training)."""
+        """Weights for the rollout engines as `FlatWeights` (LoRA-only unless `merged` or full training).
+
+        Packed straight from the parameters into the publish buffer: one copy per tensor, where
+        `export_state` + `pack_tensors` would make two (a clone, then the pack)."""
         lora_only = self.lora and not merged
-        return pack_tensors(self.export_state(merged), lora_only=lora_only)
+        with self.strategy.gathered_parameters():
+            return pack_tensors(self._export_tensors(merged), lora_only=lora_only)
 
     # ------------------------------------------------------------ checkpoints
 

@@ -1,8 +1,9 @@
 """Pack named tensors into a few contiguous numpy buffers (one per dtype) and unpack them zero-copy.
 
 This is the wire format of weight sync (`FlatWeights` in types.py): a learner packs its weights once,
-`ray.put`s the result (numpy buffers travel through the object store ~8x faster than a dict of torch
-tensors, measured), and every engine unpacks views into the same memory without copying.
+straight from its parameters, `ray.put`s the result (numpy buffers travel through the object store ~8x
+faster than a dict of torch tensors, measured), and every engine unpacks views into the same memory
+without copying (and serves them as its parameters where it can, `engines/served.py`).
 
 Buffers are keyed by torch dtype name ("float32", "bfloat16", "int64", ...). bfloat16 has no numpy
 dtype, so its buffer holds the same bits as uint16 and `TensorSpec.dtype` says "bfloat16"; unpacking
@@ -11,6 +12,7 @@ views the bits back as bfloat16. Pure numpy/torch: no Ray here.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 
@@ -32,21 +34,43 @@ def is_lora_name(name: str) -> bool:
     return ".lora_A." in name or ".lora_B." in name
 
 
-def _numpy_view(tensor: torch.Tensor) -> np.ndarray:
-    """A flat numpy array with the tensor's bits (bf16 as uint16)."""
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    carrier = _BIT_CARRIERS.get(flat.dtype)
-    return (flat.view(carrier) if carrier is not None else flat).numpy()
+def _copy_into_buffer(dst: np.ndarray, tensor: torch.Tensor) -> None:
+    """Copy a tensor's bits straight into a slice of the publish buffer: the only copy packing makes.
+
+    A CPU tensor is read in place through its numpy view (no clone, no `.contiguous()` unless it is
+    strided) and copied with numpy, which runs at memcpy speed where torch's one-thread `copy_` reached
+    about half of it (benchmarks/weight_sync.py); a GPU tensor is copied device -> buffer by torch in one
+    step (never to a CPU tensor first, which would be a second copy)."""
+    source = tensor.detach()
+    carrier = _BIT_CARRIERS.get(source.dtype)
+    if source.device.type == "cpu":
+        flat = source.contiguous().reshape(-1)
+        np.copyto(dst, (flat.view(carrier) if carrier is not None else flat).numpy(), casting="no")
+    else:
+        target = torch.from_numpy(dst)
+        target = target.view(source.dtype) if carrier is not None else target
+        target.copy_(source.reshape(-1))
+
+
+def _buffer_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy dtype a torch dtype's bits travel as (bf16 as uint16)."""
+    carrier = _BIT_CARRIERS.get(dtype, dtype)
+    return torch.empty(0, dtype=carrier).numpy().dtype
 
 
 def pack_tensors(named: Mapping[str, torch.Tensor], lora_only: bool) -> FlatWeights:
     """One contiguous buffer per dtype plus an index. With `lora_only`, only LoRA adapter tensors
-    (names with `.lora_A.` / `.lora_B.`) are packed, so a PeftModel's full state can be passed."""
+    (names with `.lora_A.` / `.lora_B.`) are packed, so a PeftModel's full state can be passed.
+
+    Each tensor is copied once, straight from where it lives (a live parameter is fine: nothing is
+    cloned first) into a freshly allocated buffer; a buffer is never reused for a later pack, so an
+    engine serving views of an earlier pack never sees it change."""
     items = [(n, t) for n, t in named.items() if not lora_only or is_lora_name(n)]
     if not items:
         what = "LoRA tensors (names with .lora_A./.lora_B.)" if lora_only else "tensors"
         raise ValueError(f"pack_tensors: no {what} to pack among {len(named)} names")
     sizes: dict[str, int] = {}
+    carriers: dict[str, np.dtype] = {}
     index: list[TensorSpec] = []
     for name, tensor in items:
         if not isinstance(tensor, torch.Tensor):
@@ -54,20 +78,19 @@ def pack_tensors(named: Mapping[str, torch.Tensor], lora_only: bool) -> FlatWeig
         key = _dtype_name(tensor.dtype)
         index.append(TensorSpec(name=name, dtype=key, shape=tuple(tensor.shape), offset=sizes.get(key, 0)))
         sizes[key] = sizes.get(key, 0) + tensor.numel()
-    buffers: dict[str, np.ndarray] = {}
-    for (name, tensor), spec in zip(items, index):
-        array = _numpy_view(tensor)
-        if spec.dtype not in buffers:
-            buffers[spec.dtype] = np.empty(sizes[spec.dtype], dtype=array.dtype)
-        buffers[spec.dtype][spec.offset : spec.offset + array.size] = array
+        carriers.setdefault(key, _buffer_dtype(tensor.dtype))
+    buffers = {key: np.empty(size, dtype=carriers[key]) for key, size in sizes.items()}
+    for (_, tensor), spec in zip(items, index):
+        _copy_into_buffer(buffers[spec.dtype][spec.offset : spec.offset + tensor.numel()], tensor)
     return FlatWeights(buffers=buffers, index=tuple(index), lora_only=lora_only)
 
 
 def unpack_tensors(flat: FlatWeights) -> dict[str, torch.Tensor]:
     """Named tensors that are views into `flat`'s buffers (no copy).
 
-    Buffers fetched from the Ray object store are read-only; the views must be treated as read-only
-    too (engines copy them into their own parameters).
+    Buffers fetched from the Ray object store are read-only shared memory; the views must never be
+    written (an engine serves them as its parameters, `engines/served.py`). Each view keeps its buffer,
+    and so the object-store object, alive for as long as the view lives.
     """
     out: dict[str, torch.Tensor] = {}
     with warnings.catch_warnings():
@@ -77,7 +100,7 @@ def unpack_tensors(flat: FlatWeights) -> dict[str, torch.Tensor]:
     for spec in flat.index:
         if spec.dtype not in bases:
             raise ValueError(f"FlatWeights: tensor '{spec.name}' refers to missing buffer '{spec.dtype}'")
-        numel = int(np.prod(spec.shape, dtype=np.int64))
+        numel = math.prod(spec.shape)  # math.prod: np.prod costs ~3 us per call, per tensor per load
         base = bases[spec.dtype]
         if spec.offset + numel > base.numel():
             raise ValueError(f"FlatWeights: tensor '{spec.name}' overruns its '{spec.dtype}' buffer")

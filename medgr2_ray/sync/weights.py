@@ -5,7 +5,10 @@ numpy buffers (`sync.flat.pack_tensors`) and calls `publish_weights`, which `ray
 and returns a small `WeightVersion` (version number + ObjectRef + size). That message is what travels:
 the controller keeps the newest and hands it to rollout actors with their next batch; an actor whose
 version is older calls `fetch_weights` between batches. Readers on the learner's node map the buffers
-from shared memory without a copy; other nodes pull them once per version. Numpy buffers rather than
+from shared memory without a copy, and an HF engine or scorer serves them as its parameters (read-only
+views, `engines/served.py`): it holds the fetched `FlatWeights` until the next version replaces it,
+which keeps the object pinned in the store that long and frees it after. Other nodes pull a version
+once. Numpy buffers rather than
 torch tensors because Ray serialises numpy out-of-band (pickle 5) while torch tensors go through a slow
 pickle path (about 8x slower, measured in the design notes). Seconds and bytes go to the metrics.
 """
@@ -56,6 +59,15 @@ def fetch_weights(weights: WeightVersion, metrics: Metrics | None = None, timeou
         metrics.record(SYNC_SECONDS, time.perf_counter() - start, side="load")
         metrics.record(SYNC_BYTES, flat.num_bytes, side="load")
     return flat
+
+
+def object_store_bytes_used() -> int:
+    """Bytes the Ray object store holds now, over the cluster (what a superseded weight version should
+    give back once no engine serves it). Asks a raylet through Ray's internal API, as `ray memory` does."""
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    state = get_state_from_address(ray.get_runtime_context().gcs_address)
+    return int(get_memory_info_reply(state).store_stats.object_store_bytes_used)
 
 
 def newest(a: WeightVersion | None, b: WeightVersion | None) -> WeightVersion | None:

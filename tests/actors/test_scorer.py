@@ -17,7 +17,7 @@ from medgr2_ray.config import LearnerConfig, ModelConfig, RewardConfig
 from medgr2_ray.learner.reward import RewardLearner
 from medgr2_ray.models.reward_head import RewardModel, VerifierInit
 from medgr2_ray.models.tiny import ensure_model_dir
-from medgr2_ray.sync.weights import publish_weights
+from medgr2_ray.sync.weights import fetch_weights, publish_weights
 from medgr2_ray.types import GenerationRequest, Modality, Rollout, Sample, TaskType
 
 torch.set_num_threads(1)
@@ -85,7 +85,12 @@ def test_published_reward_model_weights_replace_the_scorers(ray_cluster: None, r
     request = _request("q")
     rm_requests = [reward_model_request(request, x) for x in _rollouts("q", ["A", "B"])]
     before = scorer.learner.score(rm_requests)
-    assert scorer.load_weights(publish_weights(trained.export_weights(), version=4)) == 4
+    published = publish_weights(trained.export_weights(), version=4)
+    assert scorer.load_weights(published) == 4
     after = scorer.learner.score(rm_requests)
     np.testing.assert_allclose(after, trained.score(rm_requests), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(after) - np.asarray(before), 3.0, rtol=1e-4)
+    # No copy into R: its parameters are views of the object-store buffer this process maps for the version.
+    [buffer] = fetch_weights(published).buffers.values()
+    lo, hi = buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes
+    assert all(lo <= p.data_ptr() < hi for p in scorer.learner.model.parameters())

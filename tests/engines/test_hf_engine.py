@@ -14,7 +14,12 @@ from medgr2_ray.config import EngineConfig, LoraConfig, ModelConfig
 from medgr2_ray.engines import RolloutEngine, build_engine
 from medgr2_ray.engines.hf import HFEngine, processed_logprobs
 from medgr2_ray.models.loading import load_vlm
-from medgr2_ray.models.processing import completion_logprobs, encode_prompt_completions, forward_kwargs
+from medgr2_ray.models.processing import (
+    completion_logprobs,
+    encode_prompt_completions,
+    encode_prompts,
+    forward_kwargs,
+)
 from medgr2_ray.sync.flat import pack_tensors
 from medgr2_ray.types import GenerationRequest, Rollout, SamplingParams
 
@@ -162,10 +167,14 @@ def test_full_weight_update_equals_fresh_engine(
     stale = HFEngine(dirs[0], ModelConfig(), EngineConfig())
     fresh = HFEngine(dirs[1], ModelConfig(), EngineConfig())
     target = HFEngine(dirs[0], ModelConfig(), EngineConfig())
-    before = {id(p): p.data_ptr() for p in target.model.parameters()}
     learner = load_vlm(dirs[1]).model  # the learner's weights
-    target.load_weights(pack_tensors(dict(learner.named_parameters()), lora_only=False), version=1)
-    assert {id(p): p.data_ptr() for p in target.model.parameters()} == before  # in place, no rebuild
+    flat = pack_tensors(dict(learner.named_parameters()), lora_only=False)
+    target.load_weights(flat, version=1)
+    # Served from the published buffer itself: every parameter is a view of it, nothing was copied.
+    lo = flat.buffers["float32"].ctypes.data
+    hi = lo + flat.buffers["float32"].nbytes
+    assert all(lo <= p.data_ptr() < hi for p in target.model.parameters())
+    assert target.last_load.copied_bytes == 0 and target.last_load.viewed_bytes == flat.num_bytes
     assert target.weight_version == 1
     assert _greedy_tokens(target, requests) == _greedy_tokens(fresh, requests)
     assert _greedy_tokens(stale, requests) != _greedy_tokens(fresh, requests)
@@ -180,19 +189,27 @@ def _fresh_from_merged(peft_model: torch.nn.Module, src: Path, out: Path) -> HFE
     return HFEngine(out, ModelConfig(), EngineConfig())
 
 
+def _logits(engine: HFEngine, requests: list[GenerationRequest]) -> torch.Tensor:
+    inputs = encode_prompts(engine.loaded, requests)
+    with torch.no_grad():
+        return engine.model(**forward_kwargs(inputs)).logits
+
+
 def test_lora_update_equals_fresh_merged_engine_and_does_not_compound(
     engine: HFEngine, dirs: dict[int, Path], requests: list[GenerationRequest], tmp_path: Path
 ) -> None:
     base_tokens = _greedy_tokens(HFEngine(dirs[0], ModelConfig(), EngineConfig()), requests)
+    w0 = _state(engine)
     for step, seed in enumerate((1, 2), start=1):
         learner = lora_learner(dirs[0], seed, LORA)
         flat = pack_tensors(dict(learner.named_parameters()), lora_only=True)
         assert flat.lora_only and all(".lora_" in s.name for s in flat.index)
         engine.load_weights(flat, version=10 + step)
-        fresh = _fresh_from_merged(learner, dirs[0], tmp_path / f"merged{step}")
-        merged = fresh.model.state_dict()
-        for name, value in engine.model.state_dict().items():  # W0 + scale*B@A, not compounded
-            torch.testing.assert_close(value, merged[name], atol=1e-6, rtol=1e-5)
+        # Unmerged: W0 is untouched (nothing rebuilt, nothing compounds); the adapters are views.
+        assert all(torch.equal(value, w0[name]) for name, value in engine.model.state_dict().items())
+        assert engine.last_load.copied_bytes == 0 and engine.last_load.viewed_bytes == flat.num_bytes
+        fresh = _fresh_from_merged(learner, dirs[0], tmp_path / f"merged{step}")  # the learner's merged model
+        torch.testing.assert_close(_logits(engine, requests), _logits(fresh, requests), atol=1e-5, rtol=1e-5)
         assert _greedy_tokens(engine, requests) == _greedy_tokens(fresh, requests)
         assert _greedy_tokens(engine, requests) != base_tokens  # the stale base engine differs
 
