@@ -43,6 +43,9 @@ from medgr2_ray.types import GenerationRequest, MedImage, PromptStrategy, TaskTy
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 STATUS_EVERY_S = 1.0
+# The timeline's names for G's and R's training after their bootstrap: the flywheel's steady state, in
+# which the generator pool should be generating (`eval.timeline.overlap` measures how much it is).
+GENERATOR_REFRESH, REWARD_REFRESH = "train:generator_rft", "train:reward_refresh"
 
 
 def prompt_stream(images: Sequence[MedImage], tasks: Sequence[TaskType], strategies: Sequence[PromptStrategy],
@@ -100,6 +103,9 @@ class Flywheel:
             self.sys.monitor.push.remote(self.status())
             for host in self.sys.learners():
                 host.check()
+            if self.phase == "data":
+                for lane in (self.g, self.r):
+                    self.progress(f"{lane.host.name} steps", lane.done, lane.done + len(lane.waiting) + lane.pending_steps())
 
     def run_until(self, busy: Callable[[], bool], launch: Callable[[], Any] | None = None) -> None:
         """Tick until `busy()` is false."""
@@ -129,21 +135,23 @@ class Flywheel:
         self.credit[recipe] += credit
         steps = math.floor(self.credit[recipe])
         self.credit[recipe] -= steps
-        stage = "generator_sft" if recipe is Recipe.GENERATOR_SFT else "reward_model"
+        stage, span = (("generator_sft", GENERATOR_REFRESH) if recipe is Recipe.GENERATOR_SFT
+                       else ("reward_model", REWARD_REFRESH))
         lane.extend_live(recipe, steps, lambda n: Phase(
             recipe, SampleSource.SEEDS_AND_KEPT, n, self.cfg.cycle.batch_size, stage, live=True,
-            seed_share=self.cfg.cycle.seed_share, publish_every=self.cfg.cycle.publish_every, publish_at_end=False))
+            seed_share=self.cfg.cycle.seed_share, publish_every=self.cfg.cycle.publish_every, publish_at_end=False,
+            span=span))
 
     def bootstrap(self) -> None:
         """Round 0: G learns to write samples from the seeds; R learns to answer, then to grade; both publish."""
         cyc = self.cfg.cycle
         self.g.grant(Phase(Recipe.GENERATOR_SFT, SampleSource.SEEDS, cyc.generator_bootstrap_steps, cyc.batch_size,
-                           "generator_sft"))
+                           "generator_sft", span="train:generator_bootstrap"))
         if cyc.rm_verifier and cyc.rm_answer_steps:
             self.r.grant(Phase(Recipe.REWARD_ANSWER, SampleSource.SEEDS, cyc.rm_answer_steps, cyc.batch_size,
-                               "reward_model", publish_at_end=False))
+                               "reward_model", publish_at_end=False, span="train:reward_bootstrap"))
         self.r.grant(Phase(Recipe.REWARD_GRADE, SampleSource.SEEDS, cyc.rm_bootstrap_steps, cyc.batch_size,
-                           "reward_model"))
+                           "reward_model", span="train:reward_bootstrap"))
 
     def grant_solver_sft(self, live: bool) -> None:
         """P's SFT: every modality equally likely, on the seeds (unless turned off) and the kept samples."""
@@ -205,12 +213,12 @@ class Flywheel:
         summary = ray.get(self.sys.store.close_round.remote(k))
         self.kept_total = int(summary["kept_to"])
         if summary["kept"]:
-            span = dict(kept_from=int(summary["kept_from"]), kept_to=int(summary["kept_to"]))
+            kept = dict(kept_from=int(summary["kept_from"]), kept_to=int(summary["kept_to"]))
             self.g.grant(Phase(Recipe.GENERATOR_SFT, SampleSource.KEPT, cyc.generator_rft_steps, cyc.batch_size,
-                               "generator_sft", **span))
+                               "generator_sft", span=GENERATOR_REFRESH, **kept))
             if cyc.rm_retrain:
                 self.r.grant(Phase(Recipe.REWARD_GRADE, SampleSource.KEPT, cyc.rm_refresh_steps, cyc.batch_size,
-                                   "reward_model", **span))
+                                   "reward_model", span=REWARD_REFRESH, **kept))
         self.train_generator_and_reward(f"round {k}: G and R training")
         return summary
 

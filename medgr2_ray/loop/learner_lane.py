@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ class Phase:
     balanced: bool = False
     publish_every: int = 0  # 0: publish only after the phase's last step (if publish_at_end)
     publish_at_end: bool = True
+    span: str = ""  # the timeline's name for these steps ("train:generator_bootstrap", ...); "" = "train:<log_stage>"
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class _Pending:
     step: int
     work: Any
     spec: BatchSpec | None = None
+    span: str = ""
 
 
 @dataclass
@@ -94,9 +96,7 @@ class LearnerLane:
             return
         last = self.phases[-1] if self.phases else None
         if last is not None and last.phase.live and last.phase.recipe is recipe:
-            p = last.phase
-            last.phase = Phase(p.recipe, p.source, p.steps + steps, p.batch_size, p.log_stage, True, 0, 0,
-                               p.seed_share, p.balanced, p.publish_every, p.publish_at_end)
+            last.phase = replace(last.phase, steps=last.phase.steps + steps)
         else:
             self.grant(make(steps))
 
@@ -128,7 +128,7 @@ class LearnerLane:
             last = i == phase.steps - 1
             publish = (phase.publish_every > 0 and (i + 1) % phase.publish_every == 0) or (last and phase.publish_at_end)
             self._submit(TrainWork(phase.recipe, self.store.batch.remote(spec), step, publish), phase.log_stage, step,
-                         spec)
+                         spec, phase.span or f"train:{phase.log_stage}")
             self.recipe_steps[phase.recipe] = step + 1
             current.next_step += 1
 
@@ -140,9 +140,9 @@ class LearnerLane:
         """Seconds since the learner last had work in its queue (0 while it has some)."""
         return 0.0 if self.waiting or self.idle_since is None else time.time() - self.idle_since
 
-    def _submit(self, work: Any, stage: str, step: int, spec: BatchSpec | None = None) -> None:
+    def _submit(self, work: Any, stage: str, step: int, spec: BatchSpec | None = None, span: str = "") -> None:
         index = self.host.submit(work)
-        self.waiting[self.host.result_ref(index)] = _Pending(stage, step, work, spec)
+        self.waiting[self.host.result_ref(index)] = _Pending(stage, step, work, spec, span or f"train:{stage}")
         self.submitted += 1
 
     def on_done(self, ref: Any, dones: list[WorkDone]) -> WorkDone:
@@ -154,7 +154,7 @@ class LearnerLane:
             # log, so the same spec draws the same batch) and redo the step.
             work = pending.work
             self._submit(TrainWork(work.recipe, self.store.batch.remote(pending.spec), work.step, work.publish),
-                         stage, step, pending.spec)
+                         stage, step, pending.spec, pending.span)
             self.submitted -= 1
             return lead
         self.done += 1
@@ -162,7 +162,7 @@ class LearnerLane:
             self.idle_since = time.time()
         if lead.weights is not None:
             self.weights = lead.weights
-        self.spans.append(Span(self.host.name, f"train:{stage}", lead.started, lead.ended))
+        self.spans.append(Span(self.host.name, pending.span, lead.started, lead.ended))
         if self.log is not None and step >= 0:
             values = {k: v for k, v in lead.metrics.items() if np.isscalar(v) and np.isfinite(v)}
             self.log.log(step, {**values, "version": float(lead.version)}, stage)
