@@ -141,12 +141,15 @@ class DataRun:
     seconds: float
     ledger: Any  # the data lane's DataLedger
     timeline: Path
+    data_seconds: float  # from the end of the bootstrap to the end of the data phase
+
 
 
 def run_data_only(cfg: Config, progress: Progress, resume: bool = False, budget_s: float | None = None,
                   prefix: str = "") -> DataRun:
-    """G and R's co-evolution without the solver (tests and benchmarks): the rounds mode's rounds, or the
-    continuous mode for `budget_s` seconds of generation after the bootstrap. Ray must be initialised."""
+    """G and R's co-evolution without the solver (tests and benchmarks): the rounds mode's rounds (with
+    `budget_s`: no round starts after that many seconds past the bootstrap), or the continuous mode for
+    `budget_s` seconds of generation after the bootstrap. Ray must be initialised."""
     start = time.time()
     cfg = with_absolute_paths(cfg)
     run_dir = _run_dir(cfg)
@@ -157,7 +160,7 @@ def run_data_only(cfg: Config, progress: Progress, resume: bool = False, budget_
         try:
             wheel = Flywheel(cfg, system, data, log, progress)
             if cfg.cycle.mode == "rounds":
-                run_rounds(wheel, cfg, data, run_dir, done)
+                run_rounds(wheel, cfg, data, run_dir, done, budget_s)
             else:
                 wheel.run_continuous(budget_s=budget_s)
             kept: list[Sample] = ray.get(system.store.kept_samples.remote())
@@ -166,7 +169,8 @@ def run_data_only(cfg: Config, progress: Progress, resume: bool = False, budget_
             timeline = _write_timeline(system, wheel, run_dir, start)
         finally:
             system.shutdown()
-    return DataRun(run_dir, kept, reward_dir, time.time() - start, wheel.lane.ledger, timeline)
+    data_seconds = wheel.marks.get("data_end", time.time()) - wheel.marks.get("bootstrapped", start)
+    return DataRun(run_dir, kept, reward_dir, time.time() - start, wheel.lane.ledger, timeline, data_seconds)
 
 
 def _grpo(cfg: Config, system: ActorSystem, wheel: Flywheel, train_set: list[Sample], run_dir: Path,

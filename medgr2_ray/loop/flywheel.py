@@ -73,6 +73,7 @@ class Flywheel:
         self.credit = {Recipe.GENERATOR_SFT: 0.0, Recipe.REWARD_GRADE: 0.0}
         self.autoscaler = PoolAutoscaler(system.generator, cfg.generator_pool, cfg.loop)  # type: ignore[arg-type]
         self.started = time.time()
+        self.marks: dict[str, float] = {}  # wall-clock moments: "bootstrapped" (G and R first published), "data_end"
         self.phase = "data"
         self.spans: list[Span] = []
         self._last_status = 0.0
@@ -174,6 +175,7 @@ class Flywheel:
 
         def launch() -> None:
             if self.g.weights is not None and self.r.weights is not None:  # both bootstrapped and published
+                self.marks.setdefault("bootstrapped", time.time())
                 self.lane.launch(stream, self.g.weights.version)
 
         if budget_s is None:
@@ -186,6 +188,7 @@ class Flywheel:
         self.g.phases.clear()
         self.r.phases.clear()
         self.run_until(lambda: not self.lane.idle() or self.g.busy() or self.r.busy())
+        self.marks["data_end"] = time.time()
         self._publish_final()
 
     def _publish_final(self) -> None:

@@ -14,6 +14,7 @@ there had been no interruption; a config that changes what the rounds produce is
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,8 +77,10 @@ def restore(wheel: Flywheel, run_dir: Path, last: RoundRecord) -> None:
     wheel.kept_total = int(ray.get(wheel.sys.store.status.remote()).kept)
 
 
-def run_rounds(wheel: Flywheel, cfg: Config, data: CycleData, run_dir: Path, done: Sequence[RoundRecord]) -> None:
-    """Round 0 (unless resumed past it) and rounds 1..N (module docstring); `done` from `plan_rounds`."""
+def run_rounds(wheel: Flywheel, cfg: Config, data: CycleData, run_dir: Path, done: Sequence[RoundRecord],
+               budget_s: float | None = None) -> None:
+    """Round 0 (unless resumed past it) and rounds 1..N (module docstring); `done` from `plan_rounds`.
+    With `budget_s` (benchmarks) no round starts once that many seconds passed after the bootstrap."""
     print_ = fingerprint(cfg, data)
     if done:
         restore(wheel, run_dir, done[-1])
@@ -88,9 +91,13 @@ def run_rounds(wheel: Flywheel, cfg: Config, data: CycleData, run_dir: Path, don
         wheel.bootstrap()
         wheel.train_generator_and_reward("round 0: bootstrap G and R")
         last = complete_round(wheel, run_dir, 0, 0, print_, None)
+    wheel.marks["bootstrapped"] = time.time()
     for k in range(len(done) or 1, cfg.cycle.rounds + 1):
+        if budget_s is not None and time.time() - wheel.marks["bootstrapped"] >= budget_s:
+            break
         summary = wheel.run_round(k, round_images(cfg, data.train, k))
         last = complete_round(wheel, run_dir, k, int(summary["kept"]), print_, last)
+    wheel.marks["data_end"] = time.time()
 
 
 def plan_rounds(cfg: Config, data: CycleData, run_dir: Path, resume: bool) -> list[RoundRecord]:

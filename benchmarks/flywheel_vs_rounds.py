@@ -1,0 +1,120 @@
+"""The flywheel (continuous mode) against the paper's rounds, on the same budget, side by side in one run.
+
+Both modes run the data side of the main job's config (`configs/cpu-tiny.yaml`: the same models, pool,
+seeds, selection rule, actors and CPUs) without the solver. Each first bootstraps G and R on the seeds
+(identical work in both modes, not timed), then has the same wall-clock budget: the rounds mode runs
+whole rounds (generate -> score -> select over the round -> fine-tune G and refresh R, with barriers)
+until the budget is spent; the continuous mode generates, scores, selects and trains G and R at once
+for the budget, then drains what is in flight. Reported per mode, over repetitions run alternately (so
+both see the same machine load on average):
+- kept samples per second of the data phase (after the bootstrap);
+- the kept samples' right-answer share: the share of kept modality questions whose stated answer names
+  the image's true modality (the pool's metadata), with its spread over repetitions;
+- candidates per second and the generator pool's busy share while G and R refresh (from the timeline).
+Goal (issue 15): continuous >= 1.5x the rounds' kept samples per second at no lower right-answer share.
+
+    .venv/bin/python benchmarks/flywheel_vs_rounds.py [--reps 3] [--budget 120] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (sets the offline/one-thread environment before torch is imported)
+
+import numpy as np  # noqa: E402
+
+MODES = ("rounds", "continuous")
+
+
+def one_run(mode: str, rep: int, budget_s: float, root: Path, cache: Path, quick: bool) -> dict[str, Any]:
+    """One data phase of `mode`; its rates, right-answer share and overlap."""
+    from medgr2_ray.config import load_config
+    from medgr2_ray.eval.protocols import answer_agreement
+    from medgr2_ray.eval.rundata import prepare_data
+    from medgr2_ray.eval.timeline import overlap, read_timeline
+    from medgr2_ray.loop.cycle import run_data_only, with_absolute_paths
+    from medgr2_ray.loop.flywheel import GENERATOR_REFRESH, REWARD_REFRESH
+
+    extra = ["cycle.generator_bootstrap_steps=120", "cycle.rm_answer_steps=60"] if quick else []
+    cfg = with_absolute_paths(load_config(common.REPO / "configs" / "cpu-tiny.yaml", [
+        f"run.root={root}", f"run.name={mode}-{rep}", f"data.cache_dir={cache}", f"cycle.mode={mode}",
+        "cycle.rounds=100", f"ray.namespace=bench-{mode}-{rep}", *extra]))
+    run = run_data_only(cfg, lambda *_: None, budget_s=budget_s, prefix=f"{mode}{rep}-")
+    pool = {i.image_id: i for i in prepare_data(cfg).pool.images}
+    receipts = run.ledger.receipts
+    spans = read_timeline(run.timeline)
+    return {
+        "mode": mode, "rep": rep, "kept": len(run.kept), "data_s": run.data_seconds,
+        "kept_per_s": len(run.kept) / run.data_seconds, "candidates": sum(r.candidates for r in receipts),
+        "candidates_per_s": sum(r.candidates for r in receipts) / run.data_seconds,
+        "right_share": answer_agreement(run.kept, pool),
+        "generator_busy_during_refresh": overlap(spans, ("generate",), (GENERATOR_REFRESH, REWARD_REFRESH)),
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    import ray
+
+    reps = 1 if args.quick else args.reps
+    budget = 30.0 if args.quick else args.budget
+    report = common.Report("flywheel_vs_rounds", args.quick, {"reps": reps, "budget_s": budget,
+                                                              "config": "configs/cpu-tiny.yaml"})
+    cache = Path(args.cache or Path.home() / ".cache" / "medgr2_ray")
+    root = Path(tempfile.mkdtemp(prefix="medgr2-flywheel-bench-"))
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    for rep in range(reps):
+        for mode in MODES if rep % 2 == 0 else MODES[::-1]:  # alternate the order: load drifts
+            ray.init(num_cpus=8, include_dashboard=False, namespace=f"bench-{mode}-{rep}", log_to_driver=False)
+            try:
+                runs[mode].append(one_run(mode, rep, budget, root, cache, args.quick))
+            finally:
+                ray.shutdown()
+            print(runs[mode][-1], flush=True)
+    _tables(report, runs, budget)
+    report.save()
+
+
+def _stat(values: list[float | None]) -> common.Stat:
+    return common.summarize([v for v in values if v is not None] or [float("nan")])
+
+
+def _tables(report: common.Report, runs: dict[str, list[dict[str, Any]]], budget: float) -> None:
+    rows = []
+    for mode in MODES:
+        r = runs[mode]
+        rows.append([mode, _stat([x["kept_per_s"] for x in r]).fmt(), _stat([x["right_share"] for x in r]).fmt(),
+                     _stat([x["candidates_per_s"] for x in r]).fmt(), _stat([x["kept"] for x in r]).fmt(),
+                     _stat([x["data_s"] for x in r]).fmt(),
+                     _stat([x["generator_busy_during_refresh"] for x in r]).fmt()])
+    report.table(f"Data phase after the bootstrap, {budget:.0f} s budget, main job's config",
+                 ["mode", "kept/s", "kept right-answer share", "candidates/s", "kept", "data phase s",
+                  "generator busy while G/R refresh"], rows)
+    ratios = [c["kept_per_s"] / r["kept_per_s"] for c, r in zip(runs["continuous"], runs["rounds"]) if r["kept_per_s"]]
+    speed = _stat(ratios)
+    share = {m: _stat([x["right_share"] for x in runs[m]]) for m in MODES}
+    report.goals.append(common.Goal("continuous kept samples/s vs rounds", ">= 1.5x", speed.fmt(), speed.median >= 1.5))
+    report.goals.append(common.Goal("kept right-answer share, continuous vs rounds", "no lower",
+                                    f"{share['continuous'].fmt()} vs {share['rounds'].fmt()}",
+                                    share["continuous"].median >= share["rounds"].median))
+    report.data["runs"] = runs
+    report.data["ratio_kept_per_s"] = speed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--budget", type=float, default=120.0, help="seconds of data phase after the bootstrap")
+    parser.add_argument("--cache", default=None, help="seed pool and tiny models (default ~/.cache/medgr2_ray)")
+    parser.add_argument("--quick", action="store_true")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
