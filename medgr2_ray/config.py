@@ -392,6 +392,9 @@ class SolverConfig(_Section):
     """How strongly, when `augment` is on (the defaults scored 63-64% held-out in learns_on_cpu)."""
     include_seeds: bool = True
     """Train on the template seeds as well as on the selected generated samples."""
+    sft_warmup_share: float = Field(0.5, ge=0.0, le=1.0)
+    """Continuous mode: share of `sft_steps` the solver takes on the seeds while G and R bootstrap; the rest
+    waits until generation has started, so the solver trains on the kept stream while G and R keep turning."""
     grpo: bool = True
     """Run stage 2 (False: the 'SFT only' ablation)."""
     eval_per_modality: int = Field(12, ge=1)

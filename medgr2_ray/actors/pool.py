@@ -28,6 +28,7 @@ class Member:
     ready: bool = False
     in_flight: int = 0
     info: Any = None  # what the actor's `ready()` returned
+    spec_ref: Any = None  # the constructor's spec in the object store, kept for Ray's restarts
 
 
 @dataclass
@@ -56,8 +57,11 @@ class WorkerPool:
             max_restarts=cfg.max_restarts,
             max_task_retries=0,  # the controller re-issues failed work itself, exactly once
         )
-        handle = remote_cls.remote(self.make_spec(self._next_index))
-        member = Member(f"{self.name}-{self._next_index}", handle, handle.ready.remote())
+        # The spec goes through the object store with a reference this pool keeps: Ray frees an actor's
+        # stored constructor arguments once it is created, and a restart after that could not rebuild it.
+        spec_ref = ray.put(self.make_spec(self._next_index))
+        handle = remote_cls.remote(spec_ref)
+        member = Member(f"{self.name}-{self._next_index}", handle, handle.ready.remote(), spec_ref=spec_ref)
         self._next_index += 1
         return member
 

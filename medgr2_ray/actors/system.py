@@ -16,7 +16,7 @@ like the design diagram.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class Shared:
     monitor: Any
     images: dict[str, Any]  # image id -> ObjectRef of its pixels
     pool: dict[str, MedImage]
+    pinned: list[Any]  # constructor-argument refs of the named actors (kept for Ray's restarts)
 
 
 def reward_objective(cfg: Config) -> RewardObjective:
@@ -91,9 +92,15 @@ def learner(shared: Shared, name: str, kind: LearnerModel, model_dir: str, model
     return LearnerHost(spec, lc.num_ranks, lc.num_cpus_per_rank, lc.num_gpus_per_rank, fresh=fresh)
 
 
-def _named(cls: type, name: str, **options: Any) -> Any:
-    """A named, CPU-free actor class that Ray restarts when it dies (its state comes back as each says)."""
-    return ray.remote(cls).options(name=name, num_cpus=0, max_restarts=-1, **options)
+def _named(pinned: list[Any], cls: type, name: str, *args: Any, **options: Any) -> Any:
+    """A named, CPU-free actor that Ray restarts when it dies (its state comes back as each class says).
+
+    Its constructor arguments go through the object store, and their refs go into `pinned`, which the
+    system keeps for its lifetime: Ray frees an actor's stored arguments once it is created, after which
+    a restart could not rebuild it (ray-project/ray#53727; the kept-sample store hit this)."""
+    refs = [ray.put(a) for a in args]
+    pinned.extend(refs)
+    return ray.remote(cls).options(name=name, num_cpus=0, max_restarts=-1, **options).remote(*refs)
 
 
 @dataclass
@@ -109,14 +116,16 @@ class ActorSystem:
     g_learner: LearnerHost | None = None
     r_learner: LearnerHost | None = None
     store: Any = None  # ActorHandle[KeptStore]
+    pinned: list[Any] = field(default_factory=list)  # constructor-argument refs kept for Ray's restarts
 
     @staticmethod
     def shared(cfg: Config, prefix: str, storage: str | Path | None, images: dict[str, Any] | None = None,
                pool: dict[str, MedImage] | None = None) -> Shared:
         """The monitor (started here) and what the actors share."""
-        monitor = _named(LoopMonitor, f"{prefix}{MONITOR_NAME}").remote()
+        pinned: list[Any] = []
+        monitor = _named(pinned, LoopMonitor, f"{prefix}{MONITOR_NAME}")
         where = str(storage) if storage is not None else tempfile.mkdtemp(prefix="medgr2-train-")
-        return Shared(cfg, prefix, where, monitor, dict(images or {}), dict(pool or {}))
+        return Shared(cfg, prefix, where, monitor, dict(images or {}), dict(pool or {}), pinned)
 
     @classmethod
     def build(cls, cfg: Config, policy_dir: str | Path, reward_dir: str | Path | None = None,
@@ -130,8 +139,9 @@ class ActorSystem:
             rollout=rollout_pool(shared, "policy-rollout", str(policy_dir), cfg.policy, 1000, cfg.rollout_pool),
             scorer=scorer_pool(shared, reward, None),
             learner=learner(shared, "PolicyLearner", LearnerModel.POLICY, str(policy_dir), cfg.policy),
-            buffer=_named(RolloutBuffer, f"{prefix}RolloutBuffer").remote(cfg.grpo.buffer_size, cfg.grpo.dynamic_sampling),
-            monitor=shared.monitor)
+            buffer=_named(shared.pinned, RolloutBuffer, f"{prefix}RolloutBuffer", cfg.grpo.buffer_size,
+                          cfg.grpo.dynamic_sampling),
+            monitor=shared.monitor, pinned=shared.pinned)
         system.rollout.scale_to(cfg.rollout_pool.min_workers)
         system.scorer.scale_to(cfg.scorer_pool.min_workers)
         return system
@@ -144,13 +154,15 @@ class ActorSystem:
             rollout=rollout_pool(shared, "policy-rollout", dirs.policy, cfg.policy, 1000, cfg.rollout_pool),
             scorer=scorer_pool(shared, dirs.reward_model, reward_objective(cfg)),
             learner=learner(shared, "PolicyLearner", LearnerModel.POLICY, dirs.policy, cfg.policy),
-            buffer=_named(RolloutBuffer, f"{prefix}RolloutBuffer").remote(cfg.grpo.buffer_size, cfg.grpo.dynamic_sampling),
+            buffer=_named(shared.pinned, RolloutBuffer, f"{prefix}RolloutBuffer", cfg.grpo.buffer_size,
+                          cfg.grpo.dynamic_sampling),
             monitor=shared.monitor,
             generator=rollout_pool(shared, "generator-rollout", dirs.generator, cfg.generator, 7919,
                                    cfg.generator_pool),
             g_learner=learner(shared, "GeneratorLearner", LearnerModel.POLICY, dirs.generator, cfg.generator),
             r_learner=learner(shared, "RewardLearner", LearnerModel.REWARD, dirs.reward_model, cfg.reward_model),
-            store=_named(KeptStore, f"{prefix}KeptStore", max_task_retries=0).remote(store))
+            store=_named(shared.pinned, KeptStore, f"{prefix}KeptStore", store, max_task_retries=0),
+            pinned=shared.pinned)
         system.generator.scale_to(cfg.generator_pool.min_workers)  # type: ignore[union-attr]
         system.scorer.scale_to(cfg.scorer_pool.min_workers)
         return system
@@ -172,3 +184,4 @@ class ActorSystem:
         for handle in (self.store, self.buffer, self.monitor):
             if handle is not None:
                 ray.kill(handle)
+        self.pinned.clear()

@@ -75,6 +75,7 @@ class Flywheel:
         self.started = time.time()
         self.marks: dict[str, float] = {}  # wall-clock moments: "bootstrapped" (G and R first published), "data_end"
         self.phase = "data"
+        self.bootstrap_items = (0, 0)  # items G and R must complete before generation starts
         self.spans: list[Span] = []
         self._last_status = 0.0
         self._last_receipt = time.time()
@@ -102,11 +103,26 @@ class Flywheel:
         if time.time() - self._last_status > STATUS_EVERY_S:
             self._last_status = time.time()
             self.sys.monitor.push.remote(self.status())
-            for host in self.sys.learners():
-                host.check()
+            self._refresh_weights()
             if self.phase == "data":
                 for lane in (self.g, self.r):
                     self.progress(f"{lane.host.name} steps", lane.done, lane.done + len(lane.waiting) + lane.pending_steps())
+
+    def _refresh_weights(self) -> None:
+        """Take each learner's newest weights from its feed: a learner restarted by Ray Train publishes
+        again at once (what it published before died with it), and the pools must move on to that."""
+        for lane in (self.g, self.r, self.p):
+            lane.host.check()
+            latest = lane.host.latest()
+            if latest is not None and lane.weights is not None and latest.version > lane.weights.version:
+                lane.weights = latest
+        self.lane.g_weights = self.g.weights or self.lane.g_weights
+        self.lane.r_weights = self.r.weights or self.lane.r_weights
+
+    def bootstrapped(self) -> bool:
+        """G and R took every bootstrap item granted (and so published): generation may start."""
+        return (self.g.done >= self.bootstrap_items[0] and self.r.done >= self.bootstrap_items[1]
+                and self.g.weights is not None and self.r.weights is not None)
 
     def run_until(self, busy: Callable[[], bool], launch: Callable[[], Any] | None = None) -> None:
         """Tick until `busy()` is false."""
@@ -148,18 +164,25 @@ class Flywheel:
         cyc = self.cfg.cycle
         self.g.grant(Phase(Recipe.GENERATOR_SFT, SampleSource.SEEDS, cyc.generator_bootstrap_steps, cyc.batch_size,
                            "generator_sft", span="train:generator_bootstrap"))
+        if cyc.generator_bootstrap_steps == 0:
+            self.g.publish_now()  # generation starts from what G is, but only once it is published
         if cyc.rm_verifier and cyc.rm_answer_steps:
             self.r.grant(Phase(Recipe.REWARD_ANSWER, SampleSource.SEEDS, cyc.rm_answer_steps, cyc.batch_size,
                                "reward_model", publish_at_end=False, span="train:reward_bootstrap"))
         self.r.grant(Phase(Recipe.REWARD_GRADE, SampleSource.SEEDS, cyc.rm_bootstrap_steps, cyc.batch_size,
                            "reward_model", span="train:reward_bootstrap"))
+        if cyc.rm_bootstrap_steps == 0:
+            self.r.publish_now()
+        self.bootstrap_items = (self.g.submitted + self.g.pending_steps(), self.r.submitted + self.r.pending_steps())
 
-    def grant_solver_sft(self, live: bool) -> None:
-        """P's SFT: every modality equally likely, on the seeds (unless turned off) and the kept samples."""
+    def grant_solver_sft(self, live: bool, steps: int | None = None) -> None:
+        """P's SFT (`steps`, default all): every modality equally likely, on the seeds (unless turned off)
+        and the kept samples."""
         solver = self.cfg.solver
         source = SampleSource.SEEDS_AND_KEPT if solver.include_seeds else SampleSource.KEPT
-        self.p.grant(Phase(Recipe.SOLVER_SFT, source, solver.sft_steps, solver.sft_batch_size, "solver_sft",
-                           live=live, kept_to=self.kept_total, balanced=True, publish_at_end=False))
+        self.p.grant(Phase(Recipe.SOLVER_SFT, source, solver.sft_steps if steps is None else steps,
+                           solver.sft_batch_size, "solver_sft", live=live, kept_to=self.kept_total, balanced=True,
+                           publish_at_end=False))
 
     # ------------------------------------------------------------ the two modes
     def run_continuous(self, budget_s: float | None = None) -> None:
@@ -167,27 +190,34 @@ class Flywheel:
         With `budget_s` (benchmarks, tests) there is no solver: generation runs for `budget_s` seconds
         after both bootstraps published, then the data drains."""
         self.bootstrap()
-        self.progress("bootstrap: G and R on the seeds", 0, 1)
+        solver = self.cfg.solver
+        warm = round(solver.sft_steps * solver.sft_warmup_share) if solver.include_seeds else 0
         if budget_s is None:
-            self.grant_solver_sft(live=True)
+            self.grant_solver_sft(live=True, steps=warm)
         stream = prompt_stream(self.data.train, [TaskType(t) for t in self.cfg.cycle.tasks],
                                [PromptStrategy(s) for s in self.cfg.cycle.strategies], self.cfg.run.seed)
 
         def launch() -> None:
-            if self.g.weights is not None and self.r.weights is not None:  # both bootstrapped and published
-                self.marks.setdefault("bootstrapped", time.time())
-                self.lane.launch(stream, self.g.weights.version)
+            if not self.bootstrapped():  # generation waits for both bootstraps
+                return
+            if "bootstrapped" not in self.marks:
+                self.marks["bootstrapped"] = time.time()
+                if budget_s is None:  # the rest of P's SFT trains on the kept stream as it grows
+                    self.grant_solver_sft(live=True, steps=solver.sft_steps - warm)
+            self.lane.launch(stream, self.g.weights.version)
 
         if budget_s is None:
-            self.run_until(lambda: self._solver_busy("data + solver SFT"), launch)
+            self.run_until(lambda: self._solver_busy("data + solver SFT") or "bootstrapped" not in self.marks, launch)
         else:
-            self.run_until(lambda: self.g.weights is None or self.r.weights is None, launch)
+            self.run_until(lambda: not self.bootstrapped(), launch)
             until = time.time() + budget_s
             self.run_until(lambda: time.time() < until, launch)
         self.phase = "drain"
         self.g.phases.clear()
         self.r.phases.clear()
-        self.run_until(lambda: not self.lane.idle() or self.g.busy() or self.r.busy())
+        # Drain: what is in flight lands; calls whose actor died are re-issued, nothing new starts.
+        self.run_until(lambda: not self.lane.idle() or self.g.busy() or self.r.busy(),
+                       lambda: self.lane.launch(iter(()), 0))
         self.marks["data_end"] = time.time()
         self._publish_final()
 
