@@ -33,10 +33,11 @@ from medgr2_ray.loop.evaluation import evaluate_solver
 from medgr2_ray.loop.round_state import (check_resumable, clear_final, completed_data, completed_rounds,
                                          final_reward_dir, forget_rounds, rounds_fingerprint, write_final)
 from medgr2_ray.loop.rounds import CoEvolution, Progress
-from medgr2_ray.loop.solver_sft import REPORT_EVERY, run_solver_sft
+from medgr2_ray.loop.solver_sft import run_solver_sft
 from medgr2_ray.loop.transfer import run_configured_transfers
 from medgr2_ray.metrics import RunLog
 from medgr2_ray.models.tiny import ensure_model_dir
+from medgr2_ray.timeline import Timeline
 from medgr2_ray.types import MedImage, Modality, Sample, TaskType
 
 
@@ -119,7 +120,7 @@ def _run_dir(cfg: Config) -> Path:
 
 
 def run_rounds(cfg: Config, data: CycleData, run_dir: Path, log: RunLog, progress: Progress,
-               resume: bool = False) -> tuple[list[Sample], Path]:
+               resume: bool = False, timeline: Timeline | None = None) -> tuple[list[Sample], Path]:
     """Round 0 and rounds 1..N; returns every kept generated sample and R's directory.
 
     Each round ends with checkpoints of G and R and `data/round_k/DONE.json` (see `round_state.py`).
@@ -144,7 +145,7 @@ def run_rounds(cfg: Config, data: CycleData, run_dir: Path, log: RunLog, progres
     cache = cfg.data.cache_dir
     evo = CoEvolution(cfg, ensure_model_dir(cfg.generator, cache, cfg.run.seed, "generator"),
                       ensure_model_dir(cfg.reward_model, cache, cfg.run.seed, "reward"),
-                      {i.image_id: i for i in data.pool.images}, _pixels(data.pool), run_dir, log, progress)
+                      {i.image_id: i for i in data.pool.images}, _pixels(data.pool), run_dir, log, progress, timeline)
     try:
         if done:
             evo.restore(done)
@@ -191,21 +192,27 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False) -> CycleRes
     run_dir = _run_dir(cfg)
     data = prepare_data(cfg)
     evals: dict[str, EvalResult] = {}
+    tl = Timeline(run_dir, fresh=not resume)  # timeline.jsonl: which actor was busy when (report, summary)
     with RunLog(run_dir) as log:
-        kept, rm_dir = run_rounds(cfg, data, run_dir, log, progress, resume)
+        kept, rm_dir = run_rounds(cfg, data, run_dir, log, progress, resume, tl)
         policy_dir = ensure_model_dir(cfg.policy, cfg.data.cache_dir, cfg.run.seed, "policy")
-        evals["untrained"] = evaluate_solver(cfg, policy_dir, data.test_samples, run_dir, "0_untrained")
+        with tl.span("evaluator", "evaluate"):
+            evals["untrained"] = evaluate_solver(cfg, policy_dir, data.test_samples, run_dir, "0_untrained")
         train_set = kept + (data.seeds if cfg.solver.include_seeds else [])
         write_samples(run_dir / "data" / "solver_train.jsonl", train_set)
-        sft = run_solver_sft(cfg, policy_dir, train_set, run_dir, cfg.solver.sft_steps, cfg.solver.sft_batch_size,
-                             cfg.solver.augment, resume=resume)
-        for i, loss in enumerate(sft.losses):
-            log.log(min((i + 1) * REPORT_EVERY, sft.steps), {"loss": loss}, "solver_sft")
-        evals["after_sft"] = evaluate_solver(cfg, sft.model_dir, data.test_samples, run_dir, "1_after_sft")
+        with tl.span("P learner", "train_policy_sft"):
+            sft = run_solver_sft(cfg, policy_dir, train_set, run_dir, cfg.solver.sft_steps, cfg.solver.sft_batch_size,
+                                 cfg.solver.augment, resume=resume)
+        for step, loss in sft.history:  # every reported window mean: the report draws the whole curve
+            log.log(step, {"loss": loss}, "solver_sft")
+        with tl.span("evaluator", "evaluate"):
+            evals["after_sft"] = evaluate_solver(cfg, sft.model_dir, data.test_samples, run_dir, "1_after_sft")
         final = sft.model_dir
         if cfg.solver.grpo and cfg.grpo.steps > 0:
-            final = run_grpo(cfg, sft.model_dir, rm_dir, train_set, _pixels(data.pool), run_dir, progress, resume)
-            evals["after_grpo"] = evaluate_solver(cfg, final, data.test_samples, run_dir, "2_after_grpo")
+            with tl.span("P learner", "train_policy_grpo"):
+                final = run_grpo(cfg, sft.model_dir, rm_dir, train_set, _pixels(data.pool), run_dir, progress, resume)
+            with tl.span("evaluator", "evaluate"):
+                evals["after_grpo"] = evaluate_solver(cfg, final, data.test_samples, run_dir, "2_after_grpo")
         evals.update(_external_tests(cfg, final, run_dir))
         run_configured_transfers(cfg, data, run_dir, progress)  # Med-R1 protocols, if eval.transfer_protocols
         for name, result in evals.items():

@@ -21,6 +21,7 @@ import json
 import random
 import shutil
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from medgr2_ray.loop.stages import (generator_requests, generator_sft_examples, 
 from medgr2_ray.loop.round_state import (KEEP_CHECKPOINTS, IncompatibleRunError, RoundRecord, completed_data,
                                          prune_checkpoints, round_checkpoint, round_dir, write_done)
 from medgr2_ray.metrics import RunLog
+from medgr2_ray.timeline import Timeline
 from medgr2_ray.types import (MedImage, PromptStrategy, RewardExample, RewardObjective, Rollout, Sample, SamplingParams,
                               TaskType, WeightVersion)
 
@@ -57,6 +59,7 @@ class PendingTraining:
     stage: str
     refs: list[Any]
     steps: int
+    started: float = 0.0  # timeline seconds when it was queued
 
 
 @dataclass
@@ -74,9 +77,11 @@ class CoEvolution:
     """Holds G's learner and rollout pool and R's learner for the rounds (see the module docstring)."""
 
     def __init__(self, cfg: Config, generator_dir: Path, reward_dir: Path, images: dict[str, MedImage],
-                 lookup: Callable[[str], np.ndarray], run_dir: Path, log: RunLog, progress: Progress) -> None:
+                 lookup: Callable[[str], np.ndarray], run_dir: Path, log: RunLog, progress: Progress,
+                 timeline: Timeline | None = None) -> None:
         self.cfg, self.images, self.lookup, self.run_dir, self.log, self.progress = (
             cfg, images, lookup, run_dir, log, progress)
+        self.timeline = timeline
         threads, seed = cfg.run.torch_threads, cfg.run.seed
         self.g_learner = LearnerGroup(generator_dir, cfg.generator, cfg.learner, cfg.grpo, seed,
                                       name="GeneratorLearner", torch_threads=threads)
@@ -90,6 +95,9 @@ class CoEvolution:
         self.state = RoundState()
 
     # ------------------------------------------------------------ training helpers
+    def _span(self, actor: str, kind: str) -> AbstractContextManager[None]:
+        return self.timeline.span(actor, kind) if self.timeline is not None else nullcontext()
+
     def _batches(self, items: Sequence[Any], steps: int, salt: str) -> list[list[Any]]:
         rng = random.Random(f"{self.cfg.run.seed}|{salt}")
         size = self.cfg.cycle.batch_size
@@ -98,10 +106,11 @@ class CoEvolution:
     def train_generator(self, samples: Sequence[Sample], steps: int, stage: str) -> None:
         """SFT G on rendered samples for `steps` steps, logging the loss."""
         examples = generator_sft_examples(samples, self.images, self.lookup)
-        for i, batch in enumerate(self._batches(examples, steps, stage)):
-            metrics = self.g_learner.sft_step(batch)
-            self.log.log(self.state.generator_version + i, {"loss": metrics.get("loss", float("nan"))}, "generator_sft")
-            self.progress(stage, i + 1, steps)
+        with self._span("G learner", "train_generator"):
+            for i, batch in enumerate(self._batches(examples, steps, stage)):
+                metrics = self.g_learner.sft_step(batch)
+                self.log.log(self.state.generator_version + i, {"loss": metrics.get("loss", float("nan"))}, "generator_sft")
+                self.progress(stage, i + 1, steps)
         self.state.generator_version += steps
 
     def start_reward_model(self, samples: Sequence[Sample], steps: int, stage: str, answer_steps: int = 0
@@ -124,7 +133,7 @@ class CoEvolution:
                 refs.append(self.r_learner.answer.remote(answer))
             if grade:
                 refs.append(self.r_learner.train.remote(grade))
-        return PendingTraining(stage, refs, len(plan))
+        return PendingTraining(stage, refs, len(plan), self.timeline.now() if self.timeline is not None else 0.0)
 
     def finish_reward_model(self, pending: PendingTraining) -> None:
         """Wait for R's queued training, logging every step's metrics in order."""
@@ -134,6 +143,8 @@ class CoEvolution:
                 self.log.log(self.state.rm_version + done, {k: m[k] for k in RM_LOGGED if k in m}, "reward_model")
                 done += 1
             self.progress(pending.stage, done, pending.steps)
+        if self.timeline is not None:  # R trained in its actor from when it was queued until now
+            self.timeline.record("R learner", "train_reward", pending.started, self.timeline.now())
         self.state.rm_version += pending.steps
 
     # ------------------------------------------------------------ round 0
@@ -172,11 +183,15 @@ class CoEvolution:
         sampling = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature,
                                   max_new_tokens=cfg.max_new_tokens, seed=self.cfg.run.seed + k)
         weights = self.g_learner.publish()
-        rollouts = self._generate(requests, sampling, weights)
+        with self._span("generator pool", "generate"):
+            rollouts = self._generate(requests, sampling, weights)
         parsed = parse_candidates(rollouts, meta, k)
-        scores = ray.get(self.r_learner.score.remote([reward_request(s, self.lookup) for s in parsed.samples]))
-        scored = [s.with_provenance(reward=float(r)) for s, r in zip(parsed.samples, scores)]
-        selection = select_samples(scored, self.cfg.selection, self.cfg.run.seed + k)
+        with self._span("R learner", "score"):
+            scores = ray.get(self.r_learner.score.remote([reward_request(s, self.lookup) for s in parsed.samples]))
+        scored = [s.with_provenance(reward=float(r), rm_version=self.state.rm_version)
+                  for s, r in zip(parsed.samples, scores)]
+        with self._span("driver", "select"):
+            selection = select_samples(scored, self.cfg.selection, self.cfg.run.seed + k)
         kept_ids = {s.sample_id for s in selection.kept}
         reasons = {r.sample.sample_id: r.reason for r in selection.rejected}
         decided = [s.with_provenance(selected=s.sample_id in kept_ids, reason=reasons.get(s.sample_id)) for s in scored]

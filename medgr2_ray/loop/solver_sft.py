@@ -8,6 +8,11 @@ the trained policy as an ordinary HF directory for the GRPO stage and the evalua
 
 Batches are drawn by a seeded generator that depends only on (seed, step): a resumed run draws the
 same batches as an uninterrupted one. Images are augmented per (seed, step, rank) for the same reason.
+
+The loss curve: every `REPORT_EVERY` steps rank 0 appends the window-mean loss to
+`models/solver_sft_losses.jsonl` in the run directory (Ray Train's `metrics_dataframe` keeps only the
+last report); the driver reads it back, one point per reported step, the last attempt's value winning
+where a resumed run reported a step again.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from medgr2_ray.config import Config
 
 STATE_DIR = "learner"  # inside a Ray Train checkpoint
 REPORT_EVERY = 10  # steps per reported loss (the window mean)
+LOSS_FILE = "solver_sft_losses.jsonl"  # in <run_dir>/models/: one {"step", "loss"} per report
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -38,7 +44,25 @@ class SFTRunResult:
 
     model_dir: Path
     steps: int
-    losses: tuple[float, ...]
+    history: tuple[tuple[int, float], ...]  # (step, window-mean loss), one per reported step
+
+    @property
+    def losses(self) -> tuple[float, ...]:
+        """The reported losses, in step order."""
+        return tuple(loss for _, loss in self.history)
+
+
+def read_loss_history(path: Path) -> tuple[tuple[int, float], ...]:
+    """(step, loss) per reported step from the loss file, in step order; a step reported twice (a resumed
+    run redoing steps after its last checkpoint) keeps its last value."""
+    if not path.is_file():
+        return ()
+    by_step: dict[int, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step[int(record["step"])] = float(record["loss"])
+    return tuple(sorted(by_step.items()))
 
 
 def balanced_weights(modalities: Sequence[str]) -> list[float]:
@@ -98,6 +122,9 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs inside each Ray Train w
         if step % config["report_every"] == 0 or last:
             report = {"step": step, "loss": float(np.nanmean(window))}
             window = []
+            if rank == 0:
+                with open(config["loss_file"], "a", encoding="utf-8") as f:
+                    f.write(json.dumps(report) + "\n")
             if step % config["checkpoint_every"] == 0 or last:
                 with tempfile.TemporaryDirectory() as tmp:
                     learner.save_checkpoint(Path(tmp) / STATE_DIR, extra={"step": step})
@@ -121,13 +148,17 @@ def run_solver_sft(cfg: Config, model_dir: Path, samples: Sequence[Any], run_dir
         # Ray Train loads any snapshot it finds under the same RunConfig name, resume or not: a new run in
         # an old run directory would silently continue the old run's SFT (trained on other data).
         shutil.rmtree(storage / "solver_sft")
+    loss_file = run_dir / "models" / LOSS_FILE
+    loss_file.parent.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        loss_file.unlink(missing_ok=True)
     use_gpu = cfg.learner.num_gpus_per_rank > 0
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"), "model_dir": str(model_dir), "samples": [sample_to_dict(s) for s in samples],
             "steps": steps, "batch": batch_size, "augment": augment, "out_dir": str(out_dir),
-            "threads": cfg.run.torch_threads, "report_every": REPORT_EVERY,
+            "threads": cfg.run.torch_threads, "report_every": REPORT_EVERY, "loss_file": str(loss_file.resolve()),
             # checkpoints land on report steps; 0 means only at the end
             "checkpoint_every": _round_up(cfg.loop.checkpoint_every or steps, REPORT_EVERY),
         },
@@ -143,8 +174,6 @@ def run_solver_sft(cfg: Config, model_dir: Path, samples: Sequence[Any], run_dir
     result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"solver SFT failed: {result.error}") from result.error
-    history = result.metrics_dataframe
-    losses = tuple(float(x) for x in history["loss"]) if history is not None and "loss" in history else ()
-    (run_dir / "models").mkdir(exist_ok=True)
-    (run_dir / "models" / "solver_sft.json").write_text(json.dumps({"steps": steps, "losses": losses}))
-    return SFTRunResult(out_dir, steps, losses)
+    history = read_loss_history(loss_file)
+    (run_dir / "models" / "solver_sft.json").write_text(json.dumps({"steps": steps, "history": history}))
+    return SFTRunResult(out_dir, steps, history)
