@@ -38,11 +38,11 @@ def describe(exc: BaseException) -> tuple[list[str], int]:
         return [f"config error: {line}" for line in str(exc).splitlines() if line.strip()], CONFIG_STATUS
     if isinstance(exc, (UserError, *_USER_ERRORS)):
         return [str(exc)], FAILED_STATUS
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, ConnectionError):  # Ray not reachable (loop.runtime.RayUnreachableError, or Ray's own)
-        return [f"{exc}".splitlines()[0] if str(exc) else "cannot reach the Ray cluster; start one with "
-                "`ray start --head` or set the address (ray.address, --address or RAY_ADDRESS)"], FAILED_STATUS
+        return [first or "cannot reach the Ray cluster; start one with `ray start --head` or set its address "
+                "(ray.address, --address or RAY_ADDRESS)"], FAILED_STATUS
     if isinstance(exc, OSError):
         return [_os_error(exc)], FAILED_STATUS
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return [f"unexpected error ({type(exc).__name__}: {first}); rerun with --debug for the traceback and "
             "report it"], FAILED_STATUS

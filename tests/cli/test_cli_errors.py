@@ -109,3 +109,15 @@ def test_debug_adds_the_traceback_before_or_after_the_command(capsys: pytest.Cap
         err = capsys.readouterr().err
         assert "Traceback (most recent call last)" in err and "ConfigError" in err
         assert err.rstrip().splitlines()[-1].startswith("medgr2 config show: config error:")
+
+
+def test_other_failures_are_one_line_too() -> None:
+    from medgr2_ray.cli.errors import describe
+
+    assert describe(RuntimeError("boom\n  deep detail")) == (
+        ["unexpected error (RuntimeError: boom); rerun with --debug for the traceback and report it"], 1)
+    assert describe(PermissionError(13, "Permission denied", "/data/pool")) == (
+        ["/data/pool cannot be read or written (permissions); check the path"], 1)
+    assert describe(ConnectionError("")) == (
+        ["cannot reach the Ray cluster; start one with `ray start --head` or set its address "
+         "(ray.address, --address or RAY_ADDRESS)"], 1)
