@@ -44,5 +44,6 @@ def describe(exc: BaseException) -> tuple[list[str], int]:
                 "(ray.address, --address or RAY_ADDRESS)"], FAILED_STATUS
     if isinstance(exc, OSError):
         return [_os_error(exc)], FAILED_STATUS
+    notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))  # e.g. where the run's Ray log is
     return [f"unexpected error ({type(exc).__name__}: {first}); rerun with --debug for the traceback and "
-            "report it"], FAILED_STATUS
+            f"report it{notes}"], FAILED_STATUS

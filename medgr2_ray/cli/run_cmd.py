@@ -59,6 +59,10 @@ def _run(args: argparse.Namespace) -> int:
     update, stop = _progress_printer()
     try:
         result = run_cycle(cfg, update, resume=args.resume)
+    except Exception as exc:
+        if log_file is not None:  # what the actors said before it failed is there, not on the terminal
+            exc.add_note(f"Ray's log of this run: {log_file}")
+        raise
     finally:
         stop()
     print()

@@ -116,6 +116,9 @@ def test_other_failures_are_one_line_too() -> None:
 
     assert describe(RuntimeError("boom\n  deep detail")) == (
         ["unexpected error (RuntimeError: boom); rerun with --debug for the traceback and report it"], 1)
+    failed = RuntimeError("actor died")
+    failed.add_note("Ray's log of this run: runs/x/logs/ray.log")
+    assert describe(failed)[0][0].endswith("report it (Ray's log of this run: runs/x/logs/ray.log)")
     assert describe(PermissionError(13, "Permission denied", "/data/pool")) == (
         ["/data/pool cannot be read or written (permissions); check the path"], 1)
     assert describe(ConnectionError("")) == (
