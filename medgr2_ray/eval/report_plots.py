@@ -28,8 +28,8 @@ def series(records: list[dict[str, Any]], stage: str, key: str) -> Series:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def line_plot(out: Path, title: str, lines: dict[str, Series], xlabel: str, ylabel: str = "") -> str | None:
-    """One line plot with an integer x axis; markers where the points are few enough to see."""
+def line_figure(title: str, lines: dict[str, Series], xlabel: str, ylabel: str = "") -> Any:
+    """One line plot with an integer x axis (a matplotlib Figure); None when there is nothing to draw."""
     lines = {k: v for k, v in lines.items() if v[0]}
     if not lines:
         return None
@@ -37,12 +37,25 @@ def line_plot(out: Path, title: str, lines: dict[str, Series], xlabel: str, ylab
     for label, (xs, ys) in lines.items():
         ax.plot(xs, ys, marker="o" if len(xs) <= 60 else None, markersize=3, label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    xs_all = sorted({x for xs, _ in lines.values() for x in xs})
+    if len(xs_all) <= 12:  # few points (rounds): a tick at each, never a fractional one between
+        ax.set_xticks(xs_all)
+        if len(xs_all) == 1:
+            ax.set_xlim(xs_all[0] - 1, xs_all[0] + 1)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def line_plot(out: Path, title: str, lines: dict[str, Series], xlabel: str, ylabel: str = "") -> str | None:
+    """`line_figure` written to `out`; returns the file name, None when there was nothing to draw."""
+    fig = line_figure(title, lines, xlabel, ylabel)
+    if fig is None:
+        return None
     fig.savefig(out)
     plt.close(fig)
     return out.name

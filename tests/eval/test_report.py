@@ -123,3 +123,15 @@ def test_timeline_spans_are_written_and_read_back(tmp_path: Path) -> None:
     assert spans[1].end - spans[1].start == 1.5 and spans[0].end >= spans[0].start >= 0.0
     assert Timeline(tmp_path, fresh=False).now() >= 2.5  # a resumed run keeps the clock
     assert read_timeline(Timeline(tmp_path).path.parent) == []  # a fresh one starts empty
+
+
+def test_round_axes_show_whole_rounds_only() -> None:
+    from medgr2_ray.eval.report_plots import line_figure, plt
+
+    ticks = []
+    for rounds in ([1], [1, 2, 3], list(range(1, 40))):
+        fig = line_figure("t", {"x": (rounds, [1.0] * len(rounds))}, "round")
+        ticks.append([float(t) for t in fig.axes[0].get_xticks()])
+        plt.close(fig)
+    assert ticks[0] == [1.0] and ticks[1] == [1.0, 2.0, 3.0]
+    assert all(t == int(t) for row in ticks for t in row)  # never 1.2 rounds
