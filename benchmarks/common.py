@@ -4,7 +4,7 @@ median and min-max, tables, goal lines, and the JSON/Markdown/PNG results under 
 Every script measures the things it compares side by side in ONE run (ratios between numbers taken
 minutes apart on a 2-core machine shared with other work mean little) and writes:
     results/<name>.json  machine, settings, every repetition, the summary table, the goals
-    results/<name>.md    the same table and goal lines as Markdown (pasted into README.md)
+    results/<name>.md    the same table and goal lines as Markdown (collect.py builds README.md from the JSON)
     results/<name>.png   a plot of the main numbers
 `--quick` runs a small smoke version and writes under results/quick/ (not committed).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -87,6 +88,23 @@ class Goal:
         """One Markdown line: MET / NOT MET, and the reason when not met."""
         head = f"- **{self.name}**: target {self.target}; measured {self.measured} -> {'MET' if self.met else 'NOT MET'}"
         return head + (f". {self.why}" if self.why else "")
+
+
+LEARNING_GOAL = "mean >= 65%, every seed >= 55%, >= 30 points over untrained"  # the issue's learning goal
+
+
+def learning_goal_met(summary: dict) -> bool:
+    """The learning goal checked on a summary with `mean`, `min` and `gain_over_untrained` (fractions)."""
+    return summary["mean"] >= 0.65 and summary["min"] >= 0.55 and summary["gain_over_untrained"] >= 0.30
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: P(a split at least this uneven) under 'either arm wins a pair at 1/2'."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(max(wins, losses), n + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def _cpu_model() -> str:

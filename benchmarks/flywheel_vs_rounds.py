@@ -48,7 +48,7 @@ def one_run(mode: str, rep: int, budget_s: float, root: Path, cache: Path, quick
     run = run_data_only(cfg, lambda *_: None, budget_s=budget_s, prefix=f"{mode}{rep}-")
     pool = {i.image_id: i for i in prepare_data(cfg).pool.images}
     receipts = run.ledger.receipts
-    spans = read_timeline(run.timeline)
+    spans = read_timeline(run.run_dir)
     return {
         "mode": mode, "rep": rep, "kept": len(run.kept), "data_s": run.data_seconds,
         "kept_per_s": len(run.kept) / run.data_seconds, "candidates": sum(r.candidates for r in receipts),

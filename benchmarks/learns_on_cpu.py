@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import random
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import LEARNING_GOAL, learning_goal_met, machine, sign_test  # noqa: E402
 
 from medgr2_ray.config import Config, SelectionConfig, load_config  # noqa: E402
 from medgr2_ray.algo.selection import select_samples  # noqa: E402
@@ -317,8 +316,8 @@ def confusion_lines(tables: list[dict[str, dict[str, int]]], what: str = "SFT, a
 
 def goal_line(name: str, summary: dict) -> str:
     """The issue's learning goal checked on a summary with mean, min and gain over untrained."""
-    met = summary["mean"] >= 0.65 and summary["min"] >= 0.55 and summary["gain_over_untrained"] >= 0.30
-    return (f"\nGoal ({name}): mean >= 65%, every seed >= 55%, >= 30 points over untrained. Measured mean "
+    met = learning_goal_met(summary)
+    return (f"\nGoal ({name}): {LEARNING_GOAL}. Measured mean "
             f"{summary['mean']:.1%}, min {summary['min']:.1%}, gain {summary['gain_over_untrained']:.1%} -> "
             f"{'MET' if met else 'NOT MET'}.")
 
@@ -402,15 +401,6 @@ def selection_summary(entries: list[dict]) -> list[str]:
                  f"points, standard error {100 * se:.1f}; sign test over the pairs (ties dropped) two-sided p = "
                  f"{sign_test(int((diffs > 0).sum()), int((diffs < 0).sum())):.3f}.")
     return lines
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact sign test: P(a split at least this uneven) under 'either arm wins a pair at 1/2'."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(max(wins, losses), n + 1)) / 2**n
-    return min(1.0, 2 * tail)
 
 
 def markdown(result: dict) -> str:

@@ -85,6 +85,10 @@ def _ingest(args: argparse.Namespace) -> int:
     use_ray = args.address is not None or (args.workers != 0 and n_files >= args.parallel_threshold)
     if use_ray:
         from medgr2_ray.data.parallel import ingest_paths_parallel
+        from medgr2_ray.loop.runtime import check_reachable
+
+        if args.address:
+            check_reachable(args.address)  # ray.init would retry a dead address for minutes
 
         report = ingest_paths_parallel(args.paths, args.out, options, address=args.address,
                                        overwrite=args.overwrite)

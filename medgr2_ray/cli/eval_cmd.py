@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medgr2_ray.cli.config_cmd import add_config_args
+from medgr2_ray.cli.errors import UserError
 from medgr2_ray.eval.scoring import ProtocolScore, ScoreReport, Tally, score_files
 
 
@@ -73,7 +74,7 @@ def _score(args: argparse.Namespace) -> int:
     try:
         report = score_files(args.predictions, args.test)
     except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"medgr2 eval score: {exc}") from None
+        raise UserError(str(exc)) from exc
     print_report(report, Console(width=args.width))
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(report), indent=2))
@@ -107,7 +108,7 @@ def _transfer(args: argparse.Namespace) -> int:
         matrix = run_transfer(cfg, data, model_dir, run_dir, args.protocol, args.steps,
                               progress=lambda stage, done, total: print(f"{stage}: {done}/{total} solvers", flush=True))
     except ValueError as exc:
-        raise SystemExit(f"medgr2 eval transfer: {exc}") from None
+        raise UserError(str(exc)) from exc
     print(markdown(matrix))
     print(f"written: {run_dir / 'eval' / f'transfer_{args.protocol}.json'} (and .md)")
     if (run_dir / "report" / "index.html").is_file():  # a finished run: show the matrix in its report too

@@ -74,8 +74,11 @@ def _format_loop(status: Any) -> str:
 def _status(args: argparse.Namespace) -> int:
     import ray
 
+    from medgr2_ray.loop.runtime import check_reachable
+
+    address = args.address or os.environ.get("RAY_ADDRESS") or "auto"
+    check_reachable(address)  # ray.init would retry a dead address for minutes
     if not ray.is_initialized():
-        address = args.address or os.environ.get("RAY_ADDRESS") or "auto"
         ray.init(address=address, namespace=args.namespace, log_to_driver=False)
     status = read_status(args.namespace, args.prefix)
     if status is None:

@@ -149,7 +149,7 @@ def collect_files(paths: list[str | Path]) -> list[Path]:
         elif p.is_file():
             found.append(p)
         else:
-            raise FileNotFoundError(f"ingest: {p} does not exist")
+            raise FileNotFoundError(f"{p} does not exist; check the path")
     return sorted(set(found))
 
 

@@ -1,9 +1,12 @@
-"""The run's timeline: which actor was busy with what, when (`timeline.jsonl`), and what it shows.
+"""The run's timeline: which actor was busy with what, when (`runs/<name>/timeline.jsonl`), and what it shows.
 
-Actors report busy spans (`messages.Span`, wall-clock seconds); the cycle writes them to
-`runs/<name>/timeline.jsonl`, one JSON object a line: `{"actor", "kind", "start", "end"}` with seconds
-since the run started. The report draws it; `overlap` answers the flywheel's own question — how much of
-the time the learners trained was the generator pool generating? Pure: no Ray.
+Actors report busy spans (`messages.Span`, wall-clock seconds) as they work; the cycle writes them once,
+sorted, to `timeline.jsonl`: one JSON object a line, `{"actor", "kind", "start", "end"}`, with seconds
+since the run started. `kind` says what the actor was doing: "generate", "score", "train:generator_bootstrap",
+"train:generator_rft", "train:reward_bootstrap", "train:reward_refresh", "train:solver_sft", "train:grpo",
+"evaluate", ... The report draws it as a Gantt chart; `busy_seconds` adds up the wall time per kind;
+`overlap` answers the flywheel's own question — how much of the time G and R trained was the generator
+pool generating? Pure: no Ray.
 """
 
 from __future__ import annotations
@@ -14,21 +17,35 @@ from pathlib import Path
 
 from medgr2_ray.messages import Span
 
+TIMELINE_FILE = "timeline.jsonl"
 
-def write_timeline(path: Path, spans: Iterable[Span], t0: float) -> Path:
-    """Write spans (sorted by start) with times relative to `t0`."""
+
+def write_timeline(run_dir: Path, spans: Iterable[Span], t0: float) -> Path:
+    """Write spans (sorted by start) to `run_dir/timeline.jsonl`, times relative to `t0`."""
     rows = sorted(spans, key=lambda s: (s.start, s.actor))
+    path = Path(run_dir) / TIMELINE_FILE
     path.write_text("".join(json.dumps({"actor": s.actor, "kind": s.kind, "start": round(s.start - t0, 4),
-                                        "end": round(s.end - t0, 4)}) + "\n" for s in rows))
+                                        "end": round(s.end - t0, 4)}) + "\n" for s in rows), encoding="utf-8")
     return path
 
 
-def read_timeline(path: Path) -> list[Span]:
-    """The spans of a `timeline.jsonl` ([] when there is none)."""
+def read_timeline(run_dir: str | Path) -> list[Span]:
+    """Every span of a run ([] when the run wrote no timeline); a line that is not a span is an error
+    naming the file and line."""
+    path = Path(run_dir) / TIMELINE_FILE
     if not path.is_file():
         return []
-    return [Span(str(r["actor"]), str(r["kind"]), float(r["start"]), float(r["end"]))
-            for r in map(json.loads, path.read_text().splitlines()) if r]
+    spans = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            spans.append(Span(str(d["actor"]), str(d["kind"]), float(d["start"]), float(d["end"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{lineno}: not a timeline span ({exc}); expected "
+                             '{"actor": str, "kind": str, "start": float, "end": float}') from None
+    return spans
 
 
 def merge(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -59,6 +76,13 @@ def intersect(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]
         else:
             j += 1
     return out
+
+
+def busy_seconds(spans: Sequence[Span]) -> dict[str, float]:
+    """Wall time per kind: the length of the union of that kind's spans (several actors doing the same
+    kind at once count once), in order of first appearance."""
+    return {kind: length(merge((s.start, s.end) for s in spans if s.kind == kind))
+            for kind in dict.fromkeys(s.kind for s in spans)}
 
 
 def overlap(spans: Sequence[Span], busy_kinds: tuple[str, ...], during_kinds: tuple[str, ...]) -> float | None:

@@ -202,6 +202,7 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False, prefix: str
         try:
             untrained = start_evaluation(cfg, Path(system.learner.spec.model_dir), data.test_samples)
             wheel = Flywheel(cfg, system, data, log, progress)
+            evaluated = _Evaluations(run_dir, wheel.spans)
             _data_phase(cfg, wheel, data, run_dir, done)
             clock.lap("data + solver SFT")
             kept: list[Sample] = ray.get(system.store.kept_samples.remote())
@@ -209,15 +210,17 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False, prefix: str
             write_samples(run_dir / "data" / "solver_train.jsonl", train_set)
             sft_dir = Path(system.learner.save_pretrained(run_dir / "models" / "solver_sft"))
             after_sft = start_evaluation(cfg, sft_dir, data.test_samples)
-            evals["untrained"] = finish_evaluation(untrained, run_dir, "0_untrained")
+            sft_done = time.time()
+            evals["untrained"] = evaluated.finish(untrained, "0_untrained", start)
             final, grpo = sft_dir, None
             if cfg.solver.grpo and cfg.grpo.steps > 0:
                 grpo = _grpo(cfg, system, wheel, train_set, run_dir, progress, resume)
                 final = grpo.model_dir
-            evals["after_sft"] = finish_evaluation(after_sft, run_dir, "1_after_sft")
+            evals["after_sft"] = evaluated.finish(after_sft, "1_after_sft", sft_done)
             if final != sft_dir:
-                evals["after_grpo"] = finish_evaluation(start_evaluation(cfg, final, data.test_samples), run_dir,
-                                                        "2_after_grpo")
+                grpo_done = time.time()
+                evals["after_grpo"] = evaluated.finish(start_evaluation(cfg, final, data.test_samples), "2_after_grpo",
+                                                       grpo_done)
             clock.lap("GRPO + evaluation")
             _save_models(system, run_dir)
             _write_timeline(system, wheel, run_dir, start)
@@ -233,6 +236,19 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False, prefix: str
                        grpo.accounting if grpo is not None else None)
 
 
+@dataclass
+class _Evaluations:
+    """Finishes evaluation tasks and puts each on the timeline (from when it started to when it ended)."""
+
+    run_dir: Path
+    spans: list[Span]
+
+    def finish(self, ref: Any, point: str, started: float) -> EvalResult:
+        result = finish_evaluation(ref, self.run_dir, point)
+        self.spans.append(Span(f"evaluate {point.split('_', 1)[1]}", "evaluate", started, time.time()))
+        return result
+
+
 def _save_models(system: ActorSystem, run_dir: Path) -> None:
     """G and R as directories beside the solver (for inspection, `medgr2 eval`, and a later run)."""
     assert system.g_learner is not None and system.r_learner is not None
@@ -246,7 +262,7 @@ def _write_timeline(system: ActorSystem, wheel: Flywheel, run_dir: Path, t0: flo
     for lane in (wheel.g, wheel.r, wheel.p):
         spans += lane.spans
     spans += wheel.spans
-    return write_timeline(run_dir / "timeline.jsonl", spans, t0)
+    return write_timeline(run_dir, spans, t0)
 
 
 def _external_tests(cfg: Config, model_dir: Path, run_dir: Path) -> dict[str, EvalResult]:

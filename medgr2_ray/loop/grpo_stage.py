@@ -40,8 +40,9 @@ def grpo_learner(cfg: Config) -> LearnerConfig:
 
 
 def stage_config(cfg: Config) -> Config:
-    """The whole config as the GRPO stage sees it (`grpo_learner` in place of `learner`)."""
-    return cfg.model_copy(update={"learner": grpo_learner(cfg)})
+    """The whole config as the GRPO stage sees it (`grpo_learner` in place of `learner`; `cfg` itself when
+    `grpo.lr` is unset)."""
+    return cfg if cfg.grpo.lr is None else cfg.model_copy(update={"learner": grpo_learner(cfg)})
 
 
 @dataclass(frozen=True)

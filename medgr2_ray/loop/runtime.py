@@ -1,41 +1,125 @@
 """Connecting to Ray the same way from `medgr2 run`, the job entrypoint and `medgr2 status`.
 
-`ray.address` unset starts a local cluster in-process (the embedded default); set, it joins an existing
-cluster (`ray job submit` sets RAY_ADDRESS, which Ray reads itself). Token authentication is Ray's
-default and is never turned off here; usage statistics are. Heavy work never runs in this process:
-the driver holds handles, the actors hold the models.
+`ray.address` unset starts a local cluster in-process (the embedded default), with the Ray dashboard on
+127.0.0.1; set, it joins an existing cluster (`ray job submit` sets RAY_ADDRESS, which Ray reads itself).
+An address where nothing listens is refused at once (`check_reachable`): `ray.init` would retry for
+minutes. Token authentication is Ray's default and is never turned off here; usage statistics are.
+Heavy work never runs in this process: the driver holds handles, the actors hold the models.
+
+With a `log_file` (what `medgr2 run` passes unless `--verbose`), Ray's own driver messages (the
+token-auth notice, "Started a local Ray instance", Ray Train's) and every actor's and Ray Train
+worker's output go to that file instead of the terminal, so the terminal holds our progress bars,
+warnings and the summary.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any, TextIO
 
 from medgr2_ray.config import Config
 
 log = logging.getLogger(__name__)
 
 
-def init_ray(cfg: Config) -> None:
-    """`ray.init` for a run (idempotent: an already initialised session is reused)."""
+class RayUnreachableError(ConnectionError):
+    """Nothing answers at the Ray address a command was given."""
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Raise `RayUnreachableError` when nothing listens at a `[scheme://]host:port` address (`auto` and
+    other forms are left to Ray, which fails fast on them)."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RayUnreachableError(
+            f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); start one with `ray start --head` "
+            "or correct the address (ray.address, --address or RAY_ADDRESS)") from None
+
+
+def init_ray(cfg: Config, log_file: Path | None = None) -> str | None:
+    """`ray.init` for a run (idempotent: an already initialised session is reused); returns the Ray
+    dashboard's URL when there is one. `log_file`: where Ray's output goes instead of the terminal."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "0" if _names_hub_model(cfg) else "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Writing model shards" bars (transformers' save)
     import ray
 
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_reachable(address)  # ray.init would retry a dead address for minutes
     if ray.is_initialized():
-        return
+        return _dashboard_url(None)
     # Every worker: offline unless a hub model is named, quiet model loading, one tokenizer thread.
     env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "RAY_USAGE_STATS_ENABLED")}
     env.update({"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
                 "PYTHONWARNINGS": "ignore::DeprecationWarning"})
-    kwargs: dict[str, object] = {"namespace": cfg.ray.namespace, "log_to_driver": True,
-                                 "runtime_env": {"env_vars": env, "worker_process_setup_hook": quiet_worker_logs}}
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"namespace": cfg.ray.namespace, "log_to_driver": True,
+                              "runtime_env": {"env_vars": env, "worker_process_setup_hook": quiet_worker_logs}}
+    sink = _driver_logs_to(log_file) if log_file is not None else None
     if address:
-        ray.init(address=address, **kwargs)
+        context = ray.init(address=address, **kwargs)
+    else:
+        context = ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory,
+                           include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+    if sink is not None:
+        _worker_logs_to(sink)
+    return _dashboard_url(context)
+
+
+def _dashboard_url(context: Any) -> str | None:
+    url = getattr(context, "dashboard_url", None) if context is not None else None
+    if not url:
+        from ray._private.worker import get_dashboard_url
+
+        url = get_dashboard_url()
+    return (url if "://" in url else f"http://{url}") if url else None
+
+
+def _driver_logs_to(log_file: Path) -> TextIO:
+    """Send the driver's `ray` loggers (Ray, Ray Train, Ray Data) to `log_file` only; returns the open
+    file for the worker output as well."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = log_file.open("a", encoding="utf-8")
+    handler = logging.StreamHandler(handle)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ray_logger = logging.getLogger("ray")
+    for old in list(ray_logger.handlers):
+        ray_logger.removeHandler(old)
+    ray_logger.addHandler(handler)
+    ray_logger.propagate = False
+    return handle
+
+
+def _worker_logs_to(handle: TextIO) -> None:
+    """Route what Ray streams from workers to the driver (actor stdout/stderr, Ray Train's controller and
+    workers) into `handle` instead of the terminal. Ray has no public switch for this: the stream
+    dispatcher is internal, so if it moves, workers' output stays in Ray's session logs (as with
+    `log_to_driver=False`) and a note in the file says where."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        handle.write("worker output: in Ray's session logs (/tmp/ray/session_latest/logs)\n")
         return
-    ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory,
-             include_dashboard=False, **kwargs)
+    lock = threading.Lock()
+
+    def write(batch: dict[str, Any]) -> None:
+        who = batch.get("actor_name") or batch.get("task_name") or "worker"
+        text = "".join(f"({who} pid={batch.get('pid')}) {line}\n" for line in batch.get("lines", []))
+        with lock:
+            handle.write(text)
+            handle.flush()
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("medgr2_run_log", write)
 
 
 # Ray Train's per-report INFO line and its placement-group cleaner's "State API may be temporarily

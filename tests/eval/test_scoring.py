@@ -124,5 +124,6 @@ def test_cli_prints_the_table(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert main(["eval", "score", str(PREDS), "--test", str(SUBSET), "--width", "200"]) == 0
     text = capsys.readouterr().out
     assert "strict" in text and "Lesion Grading" in text and "Microscopy Images" in text
-    with pytest.raises(SystemExit, match="does not exist"):
-        main(["eval", "score", str(tmp_path / "nope.jsonl")])
+    assert main(["eval", "score", str(tmp_path / "nope.jsonl")]) == 1  # one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("medgr2 eval score: ") and "nope.jsonl' does not exist" in err and "Traceback" not in err

@@ -1,13 +1,16 @@
 """`ray job submit` against a real head on loopback (own ports and temp dir, token auth on): a short
 asynchronous GRPO job succeeds and its logs say what it did; a job with a bad config fails fast with a
-readable message. Only this head's processes are stopped afterwards."""
+readable message. Only this head's processes are stopped afterwards.
+
+The job client runs in its own process with the head's environment (`job_client.py`): this test
+process may have imported Ray before (another test file, a `-k` subset), and Ray reads its auth mode
+once, at import, so setting `RAY_AUTH_MODE` here would come too late."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import time
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +18,12 @@ import pytest
 
 from local_head import RAY, LocalHead  # type: ignore[import-not-found]
 
-REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 
 
 @pytest.fixture(scope="module")
 def head() -> Iterator[LocalHead]:
-    os.environ["RAY_AUTH_MODE"] = "token"  # the job client in this process authenticates with the token
     head = LocalHead(num_cpus=4, dashboard=True)
     head.start()
     try:
@@ -36,21 +39,16 @@ def ray_cli(head: LocalHead, *args: str, timeout: float = 120) -> subprocess.Com
 
 def submit_and_wait(head: LocalHead, job_id: str, job_args: list[str], timeout_s: float = 600) -> tuple[str, str]:
     """Submit `python jobs/grpo_async.py ARGS` with the CLI and the example runtime env, wait for a
-    terminal state through the typed client; return (status, logs)."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
+    terminal state through the typed client (in its own process, see the module docstring); return
+    (status, logs)."""
     done = ray_cli(head, "job", "submit", f"--address={head.dashboard_url}", f"--submission-id={job_id}",
                    "--runtime-env=jobs/runtime_env.yaml", "--no-wait", "--", "python", "jobs/grpo_async.py", *job_args)
     assert done.returncode == 0, done.stderr
-    client = JobSubmissionClient(head.dashboard_url)
-    deadline = time.monotonic() + timeout_s
-    status = client.get_job_status(job_id)
-    while not status.is_terminal() and time.monotonic() < deadline:
-        time.sleep(2.0)
-        status = client.get_job_status(job_id)
-    if not status.is_terminal():
-        client.stop_job(job_id)
-    return str(status.value if isinstance(status, JobStatus) else status), client.get_job_logs(job_id)
+    waited = subprocess.run([sys.executable, str(HERE / "job_client.py"), head.dashboard_url, job_id, str(timeout_s)],
+                            cwd=REPO, env=head.env(), capture_output=True, text=True, timeout=timeout_s + 120)
+    assert waited.returncode == 0, waited.stderr[-4000:]
+    answer = json.loads(waited.stdout.strip().splitlines()[-1])
+    return answer["status"], answer["logs"]
 
 
 def test_grpo_job_succeeds_and_reports(head: LocalHead, tmp_path: Path) -> None:

@@ -50,8 +50,13 @@ def test_every_stage_writes_its_part_of_the_run_dir(ray_cluster: None, tmp_path:
     for name in ("0_untrained", "1_after_sft", "2_after_grpo"):
         ev = json.loads((run / "eval" / f"{name}.json").read_text())
         assert ev["total"] > 0 and 0.0 <= ev["accuracy"] <= 1.0 and "greedy_accuracy" in ev
-    stages_logged = {json.loads(line)["stage"] for line in (run / "metrics.jsonl").read_text().splitlines()}
-    assert {"generator_sft", "reward_model", "round", "solver_sft", "grpo"} <= stages_logged
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"generator_sft", "reward_model", "round", "solver_sft", "grpo"} <= {r["stage"] for r in records}
+    assert [r["step"] for r in records if r["stage"] == "solver_sft"] == [2]  # every reported step, here one
+    spans = [json.loads(line) for line in (run / "timeline.jsonl").read_text().splitlines()]
+    assert {"train_generator", "train_reward", "generate", "score", "select", "evaluate", "train_policy_sft",
+            "train_policy_grpo"} <= {s["kind"] for s in spans}
+    assert all(0.0 <= s["start"] <= s["end"] for s in spans)
     assert (run / "config.yaml").is_file() and (run / "tb").is_dir()
     page = (run / "report" / "index.html").read_text()
     assert "round_1" in page and "accuracy.png" in page and (run / "report" / "accuracy.png").is_file()

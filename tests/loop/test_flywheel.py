@@ -167,7 +167,7 @@ def continuous(ray_cluster: None, tiny_cache: Path, tmp_path_factory: pytest.Tem
 
 
 def test_generation_overlaps_learning_in_the_timeline(continuous: dict[str, Any]) -> None:
-    spans = read_timeline(continuous["run"].timeline)
+    spans = read_timeline(continuous["run"].run_dir)
     kinds = {s.kind for s in spans}
     assert {"generate", "score"} <= kinds and any(k.startswith("train:") for k in kinds)
     # after the bootstrap (which the generator must wait for), G and R train while the generator generates

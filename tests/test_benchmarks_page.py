@@ -1,0 +1,55 @@
+"""benchmarks/README.md is generated from the committed results: it is exactly what benchmarks/collect.py
+writes from benchmarks/results/*.json, so the page cannot drift from the numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _collect() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("benchmarks_collect", BENCHMARKS / "collect.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_page_is_what_collect_writes() -> None:
+    page = _collect().render()
+    assert (BENCHMARKS / "README.md").read_text() == page, "run `python benchmarks/collect.py` and commit README.md"
+
+
+def test_every_benchmark_has_its_numbers_goals_limits_and_command() -> None:
+    collect = _collect()
+    page = collect.render()
+    for bench in collect.BENCHES:
+        result = json.loads((BENCHMARKS / "results" / f"{bench.name}.json").read_text())
+        _, goals = bench.render(result)
+        assert goals, f"{bench.name}: no goal on the page"
+        start = page.index(f"## {bench.title}\n")
+        body = page[start:page.find("\n## ", start + 1)]
+        assert "What limits it:" in body and bench.command in body and "Rerun" in body
+        for goal in goals:
+            assert goal.line() in body and goal.measured in page.split("## At a glance")[1]
+
+
+def test_a_changed_result_changes_the_page(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    collect = _collect()
+    results = tmp_path / "results"
+    results.mkdir()
+    for path in (BENCHMARKS / "results").glob("*.json"):
+        (results / path.name).write_text(path.read_text())
+    learns = json.loads((results / "learns_on_cpu_learns.json").read_text())
+    learns["learns"]["mean"] = 0.5
+    (results / "learns_on_cpu_learns.json").write_text(json.dumps(learns))
+    monkeypatch.setattr(collect, "RESULTS", results)
+    page = collect.render()
+    assert "mean 50.0%" in page and page != (BENCHMARKS / "README.md").read_text()
+    assert "| the solver learns from template seeds | mean >= 65%" in page and "mean 50.0%, min 55.0%, +44.4 points | **not met** |" in page
