@@ -81,9 +81,12 @@ class LearnerActor:
         metrics = self.learner.grpo_step(list(mine))
         after = int(self.learner.version)
         weights = None
+        # Every rank exports (a collective under ZeRO-3; all ranks agree on whether the step ran), and
+        # rank 0, the only one that gets the weights, publishes them.
+        flat = self.learner.export_weights() if after != before else None
         if self.rank == 0:
-            if after != before:
-                weights = publish_weights(self.learner.export_weights(), after, self.metrics)
+            if flat is not None:
+                weights = publish_weights(flat, after, self.metrics)
             self._record(take, metrics, time.perf_counter() - start, after)
         return StepReport(
             self.rank, before, after, tuple(g.group_id for g in mine), tuple(g.weight_version for g in mine),
@@ -103,11 +106,13 @@ class LearnerActor:
         """One SFT step on this rank's share of `examples` (all ranks get the same list)."""
         return self.learner.sft_step(examples[self.rank :: self.world_size])
 
-    def publish(self) -> WeightVersion:
-        """Publish the current weights (rank 0 only): the version rollout actors should load."""
-        if self.rank != 0:
-            raise RuntimeError("only rank 0 publishes weights")
-        return publish_weights(self.learner.export_weights(), int(self.learner.version), self.metrics)
+    def publish(self) -> WeightVersion | None:
+        """Export on every rank (all ranks call this together: a collective under ZeRO-3); rank 0
+        publishes and returns the version rollout actors should load, the other ranks return None."""
+        flat = self.learner.export_weights()
+        if flat is None:
+            return None
+        return publish_weights(flat, int(self.learner.version), self.metrics)
 
     def save_checkpoint(self, directory: str, extra: dict[str, Any]) -> str:
         """Exact checkpoint (weights, optimizer, schedule, version, RNG); all ranks call it together."""
@@ -168,8 +173,8 @@ class LearnerGroup:
         return ray.get(self.ranks[0].export_state_numpy.remote())
 
     def publish(self) -> WeightVersion:
-        """Rank 0 publishes the current weights."""
-        return ray.get(self.ranks[0].publish.remote())
+        """All ranks export together (ZeRO-3 gathers); rank 0's published version."""
+        return ray.get([a.publish.remote() for a in self.ranks])[0]
 
     def save_checkpoint(self, directory: str | Path, extra: dict[str, Any]) -> str:
         """All ranks write one checkpoint directory together."""

@@ -54,7 +54,9 @@ class RewardLearnerActor:
 
     def publish(self) -> WeightVersion:
         """Publish R's full weights (backbone + head) for the scorer pool."""
-        return publish_weights(self.learner.export_weights(), int(self.learner.version), self.metrics)
+        flat = self.learner.export_weights()  # one rank: the exporter always gets the weights
+        assert flat is not None
+        return publish_weights(flat, int(self.learner.version), self.metrics)
 
     def save_pretrained(self, directory: str) -> str:
         """Write R as a directory (backbone + head in safetensors)."""

@@ -194,9 +194,14 @@ class RewardLearner(Trainer):
                     out[i] = float(value)
         return out
 
-    def export_state(self, merged: bool = False) -> dict[str, torch.Tensor]:
-        """The whole reward model (backbone with LoRA merged, plus head): a scorer needs all of it."""
-        with self.strategy.gathered_parameters():
+    def export_state(self, merged: bool = False) -> dict[str, torch.Tensor] | None:
+        """The whole reward model (backbone with LoRA merged, plus head): a scorer needs all of it.
+
+        Collective, as `Trainer.export_state`: every rank calls it; rank 0 gets the tensors, others None.
+        """
+        with self.gathered_for_export() as exporter:
+            if not exporter:
+                return None
             if self.lora:
                 state = {f"backbone.{k}": v for k, v in merged_lora_state(self.reward_model.backbone).items()}
                 state.update({f"head.{k}": v for k, v in self.reward_model.head.state_dict().items()})
@@ -204,9 +209,13 @@ class RewardLearner(Trainer):
                 state = dict(self.model.state_dict())
             return {n: t.detach().to("cpu").clone() for n, t in state.items()}
 
-    def export_weights(self, merged: bool = True) -> FlatWeights:
-        """Full reward-model weights as FlatWeights (never LoRA-only: the head is not an adapter)."""
-        return pack_tensors(self.export_state(True), lora_only=False)
+    def export_weights(self, merged: bool = True) -> FlatWeights | None:
+        """Full reward-model weights as FlatWeights (never LoRA-only: the head is not an adapter).
+
+        Collective, as `Trainer.export_weights`: rank 0 gets the weights, every other rank None.
+        """
+        state = self.export_state(True)
+        return None if state is None else pack_tensors(state, lora_only=False)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Backbone (LoRA merged) as an HF directory plus the head, readable by `RewardModel.from_pretrained`."""

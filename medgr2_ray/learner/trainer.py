@@ -134,10 +134,30 @@ class Trainer:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     # ------------------------------------------------------------ weight export
+    #
+    # Export is a *collective*: under DeepSpeed ZeRO-3 every rank holds only a shard of each parameter,
+    # and gathering them (`strategy.gathered_parameters`, DeepSpeed's `GatheredParameters`) is an
+    # all-gather that every rank of the process group must enter, in the same order. A publish made by
+    # rank 0 alone hangs at its first weight update. So every rank calls `export_state`/`export_weights`
+    # at the same point of its step; rank 0 gets the weights and publishes them, the others get None.
+    # With the torch strategy and ZeRO-0/1/2 the gather is a no-op, but the contract is the same, so a
+    # caller written for one strategy is right for all.
 
-    def export_state(self, merged: bool = False) -> dict[str, torch.Tensor]:
-        """Named tensors to ship: adapters only when LoRA (or the merged full state), else everything."""
+    @contextmanager
+    def gathered_for_export(self) -> Iterator[bool]:
+        """Collective context (every rank enters it together): parameters are whole inside; yields
+        whether this rank is the exporter (rank 0), the one rank that should read them."""
         with self.strategy.gathered_parameters():
+            yield self.rank == 0
+
+    def export_state(self, merged: bool = False) -> dict[str, torch.Tensor] | None:
+        """Named tensors to ship: adapters only when LoRA (or the merged full state), else everything.
+
+        Collective: every rank must call it together (see above); rank 0 gets the tensors, others None.
+        """
+        with self.gathered_for_export() as exporter:
+            if not exporter:
+                return None
             if self.lora and merged:
                 state = merged_lora_state(self.model)
             elif self.lora:
@@ -146,10 +166,17 @@ class Trainer:
                 state = dict(self.model.state_dict())
             return {n: t.detach().to("cpu").clone() for n, t in state.items()}
 
-    def export_weights(self, merged: bool = False) -> FlatWeights:
-        """Weights for the rollout engines as `FlatWeights` (LoRA-only unless `merged` or full training)."""
-        lora_only = self.lora and not merged
-        return pack_tensors(self.export_state(merged), lora_only=lora_only)
+    def export_weights(self, merged: bool = False) -> FlatWeights | None:
+        """Weights for the rollout engines as `FlatWeights` (LoRA-only unless `merged` or full training).
+
+        Collective: every rank of the learner must call it at the same point (under ZeRO-3 the export
+        gathers every parameter, which all ranks must enter, or they deadlock). Rank 0 returns the
+        `FlatWeights` and is the one that publishes them; every other rank returns None.
+        """
+        state = self.export_state(merged)
+        if state is None:
+            return None
+        return pack_tensors(state, lora_only=self.lora and not merged)
 
     # ------------------------------------------------------------ checkpoints
 
