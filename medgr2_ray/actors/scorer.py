@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
 from medgr2_ray.actors.info import actor_info, limit_threads
 from medgr2_ray.messages import ActorInfo
 from medgr2_ray.algo.rewards import accuracy_reward, extract_answer, normalize_rm_score
-from medgr2_ray.config import LearnerConfig, LoraConfig, ModelConfig, RewardConfig
+from medgr2_ray.config import ModelConfig, RewardConfig
 from medgr2_ray.metrics import REWARD_MEAN, SAMPLES_SCORED, WEIGHT_VERSION, Metrics
 from medgr2_ray.prompts import reward_prompt
 from medgr2_ray.sync.weights import fetch_weights
@@ -61,15 +62,15 @@ class ScorerActor:
         limit_threads(torch_threads)
         self.cfg = reward_cfg
         self.version = 0
-        self.learner = None
+        self.reward: Any = None  # a learner.inference.RewardScorer when R is weighted
         if reward_cfg.alpha > 0:
             if model_dir is None:
                 raise ValueError("reward.alpha > 0 needs a reward model directory for the scorer")
-            from medgr2_ray.learner.reward import RewardLearner  # heavy: only inside the actor
+            from medgr2_ray.learner.inference import RewardScorer  # heavy: only inside the actor
 
-            # Inference only: LoRA (if any) arrives merged in published weights, so the scorer's model is plain.
-            plain = model_cfg.model_copy(update={"lora": LoraConfig(enabled=False)})
-            self.learner = RewardLearner(model_dir, plain, LearnerConfig(micro_batch_size=micro_batch_size), seed)
+            # Inference only (no optimizer, eval mode, no autograd); LoRA (if any) arrives merged in
+            # published weights, so the scorer's model is plain.
+            self.reward = RewardScorer(model_dir, model_cfg, micro_batch_size, seed)
         self.metrics = Metrics(actor=actor_info(0).name or "scorer")
 
     def ready(self) -> ActorInfo:
@@ -78,21 +79,20 @@ class ScorerActor:
 
     def load_weights(self, weights: WeightVersion) -> int:
         """Replace R's weights (full reward model: backbone + head) with a published version."""
-        if self.learner is None:
+        if self.reward is None:
             raise RuntimeError("this scorer has no reward model (reward.alpha == 0)")
         from medgr2_ray.sync.flat import unpack_tensors
 
-        named = unpack_tensors(fetch_weights(weights, self.metrics))
-        self.learner.model.load_state_dict({k: v.clone() for k, v in named.items()}, strict=True)
+        self.reward.load_state(unpack_tensors(fetch_weights(weights, self.metrics)))
         self.version = weights.version
         self.metrics.record(WEIGHT_VERSION, self.version, pool="scorer")
         return self.version
 
     def _rm_scores(self, requests: Sequence[GenerationRequest | None]) -> list[float]:
-        if self.learner is None:
+        if self.reward is None:
             return [0.0] * len(requests)  # alpha == 0: R's term is multiplied by zero anyway
         usable = [i for i, r in enumerate(requests) if r is not None]
-        scores = self.learner.score([requests[i] for i in usable]) if usable else []
+        scores = self.reward.score([requests[i] for i in usable]) if usable else []
         out = [math.nan] * len(requests)
         for i, score in zip(usable, scores):
             out[i] = score
@@ -102,7 +102,7 @@ class ScorerActor:
         """One `ScoredGroup` per request, rewards in rollout order."""
         grouped = group_rollouts(requests, rollouts)
         flat = [(req, r) for req, rs in zip(requests, grouped) for r in rs]
-        rm = self._rm_scores([reward_model_request(req, r) if self.learner else None for req, r in flat])
+        rm = self._rm_scores([reward_model_request(req, r) if self.reward else None for req, r in flat])
         rewards = []
         for (request, rollout), score in zip(flat, rm):
             if request.sample is None and self.cfg.beta > 0:

@@ -25,7 +25,7 @@ def _evaluate(cfg_json: dict[str, Any], model_dir: str, samples: list[dict[str, 
     from medgr2_ray.algo.rewards import extract_answer
     from medgr2_ray.data.store import read_rgb, sample_from_dict
     from medgr2_ray.engines.hf import HFEngine
-    from medgr2_ray.learner.policy import PolicyLearner
+    from medgr2_ray.learner.inference import PolicyScorer
     from medgr2_ray.loop.stages import solver_requests
 
     cfg = Config.model_validate(cfg_json)
@@ -34,10 +34,10 @@ def _evaluate(cfg_json: dict[str, Any], model_dir: str, samples: list[dict[str, 
     paths = {s.image_id: s.image_path for s in test}
     pixels = {i: read_rgb(p) for i, p in paths.items()}
     requests = solver_requests(test, pixels.__getitem__)
-    learner = PolicyLearner(model_dir, cfg.policy.model_copy(update={"lora": cfg.policy.lora.model_copy(
-        update={"enabled": False})}), cfg.learner, cfg.grpo, cfg.run.seed)
-    likelihood = accuracy_table(test, choose_by_likelihood(learner, test, requests))
-    del learner
+    # Inference only: no optimizer, no strategy, no LoRA wrapper (the directory is whole), no autograd.
+    scorer = PolicyScorer(model_dir, cfg.policy, cfg.learner.micro_batch_size)
+    likelihood = accuracy_table(test, choose_by_likelihood(scorer, test, requests))
+    del scorer
     engine = HFEngine(model_dir, cfg.policy, cfg.engine, seed=cfg.run.seed)
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.grpo.max_new_tokens)
     texts = {r.request_id: r.text for r in engine.generate(requests, greedy)}

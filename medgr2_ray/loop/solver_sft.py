@@ -69,7 +69,10 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs inside each Ray Train w
     cfg = Config.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    learner = PolicyLearner(config["model_dir"], cfg.policy, cfg.learner, cfg.grpo, cfg.run.seed, rank, world)
+    # The device is the local rank's (cuda:<local rank> among the node's GPUs Ray Train made visible): the
+    # world rank names a GPU that does not exist on the second and later nodes.
+    learner = PolicyLearner(config["model_dir"], cfg.policy, cfg.learner, cfg.grpo, cfg.run.seed, rank, world,
+                            local_rank=ctx.get_local_rank())
     samples = [sample_from_dict(d) for d in config["samples"]]
     weights = balanced_weights([s.modality.value for s in samples])
     paths = {s.image_id: s.image_path for s in samples}
