@@ -8,7 +8,8 @@ of the batch (rank 0's half is text-only, rank 1's has the images: `learner/zero
 vision tower's ZeRO-3 gathers in step), and call `export_weights()` together; rank 0 publishes through the Ray object store
 (`sync.weights.publish_weights`), reads the version back (`fetch_weights`) and saves what it read.
 The reference is one plain-torch learner in this process on the whole batch: the published weights
-must equal its weights within 1e-5 (full training, and LoRA adapters plus their merged full state).
+must equal its weights within 1e-5 (full training, and LoRA adapters plus their merged full state),
+and so must the model directory all ranks write together (`save_pretrained`, LoRA merged).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs inside each Ray Train w
         exports = {"": _published(learner, merged=False)}
         if model_cfg.lora.enabled:
             exports["_merged"] = _published(learner, merged=True)
+        learner.save_pretrained(out / f"{name}_hf")  # all ranks: the next stage's model directory
         if rank == 0:
             for suffix, tensors in exports.items():
                 assert tensors is not None
@@ -92,6 +94,13 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs inside each Ray Train w
 def _reference(model_dir: Path, model_cfg: ModelConfig) -> tuple[PolicyLearner, list[float]]:
     learner = PolicyLearner(model_dir, model_cfg, _learner_cfg("torch"), GRPOConfig(), seed=0)
     return learner, [learner.sft_step(_examples())["loss"] for _ in range(STEPS)]
+
+
+def _saved(directory: Path) -> dict[str, np.ndarray]:
+    """The weights of a model directory written by `save_pretrained`, under in-memory names."""
+    from medgr2_ray.models.loading import load_vlm
+
+    return {k: v.float().numpy() for k, v in load_vlm(directory).model.state_dict().items()}
 
 
 def _assert_close(published: dict[str, np.ndarray], expected: dict[str, torch.Tensor]) -> None:
@@ -124,10 +133,14 @@ def test_zero3_publish_on_two_ray_train_ranks_equals_plain_torch(ray_cluster: No
     assert zero3["version"] == STEPS
     assert zero3["dummy_vision_runs"] > 0  # rank 0 had no image: the tower ran on a dummy, as on rank 1
     _assert_close(load_file(tmp_path / "full.safetensors"), dict(full.model.state_dict()))
+    _assert_close(_saved(tmp_path / "full_hf"), dict(full.model.state_dict()))
 
     lora, lora_losses = _reference(tiny_dir, ModelConfig(lora=LORA))
     np.testing.assert_allclose(json.loads((tmp_path / "lora.json").read_text())["losses"], lora_losses,
                                rtol=0, atol=1e-5)
     adapters = {n: p for n, p in lora.model.named_parameters() if ".lora_" in n}
     _assert_close(load_file(tmp_path / "lora.safetensors"), adapters)
-    _assert_close(load_file(tmp_path / "lora_merged.safetensors"), lora.export_state(merged=True))
+    merged = lora.export_state(merged=True)
+    assert merged is not None
+    _assert_close(load_file(tmp_path / "lora_merged.safetensors"), merged)
+    _assert_close(_saved(tmp_path / "lora_hf"), merged)
