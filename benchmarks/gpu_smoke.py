@@ -73,7 +73,11 @@ def _check_imports() -> None:
 def build_model_dir(out: Path, tiny: bool, dtype: Any, device: str, seed: int = 0) -> Path:
     """A Qwen2.5-VL directory with random weights: model, offline-trained tokenizer, image processor."""
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+    )
 
     from medgr2_ray.config import TinyModelConfig
     from medgr2_ray.models.tiny import _mrope_section, tiny_image_processor
@@ -222,7 +226,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole check; returns the results (also printed)."""
     import torch
 
-    from medgr2_ray.config import EngineConfig, GRPOConfig, LearnerConfig, LoraConfig, ModelConfig
+    from medgr2_ray.config import (
+        EngineConfig,
+        GRPOConfig,
+        LearnerConfig,
+        LoraConfig,
+        ModelConfig,
+    )
     from medgr2_ray.engines.hf import HFEngine
     from medgr2_ray.learner.policy import PolicyLearner
     from medgr2_ray.types import SamplingParams
@@ -273,20 +283,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def render(results: dict[str, Any]) -> str:
     """The results as a markdown page (benchmarks/results/gpu_smoke.md)."""
     rows = [("LoRA (r=16, q/k/v/o)", results["lora"]), ("full weights", results["full"])]
+    generate = results["generate"]
     lines = [
         "# GPU smoke check (`benchmarks/gpu_smoke.py`)", "",
-        f"{results['model']} in {results['dtype']} on {results['device']}; torch {results['torch']}, "
-        f"transformers {results['transformers']}; publish through {results['publish']}.", "",
-        f"Model build {results['build_s']:.1f} s. HF engine generation: {results['generate']['tokens']} tokens in "
-        f"{results['generate']['seconds']:.2f} s = **{results['generate']['tokens_per_s']:.1f} tokens/s**.", "",
+        (f"{results['model']} in {results['dtype']} on {results['device']}; torch {results['torch']}, "
+         f"transformers {results['transformers']}; publish through {results['publish']}."), "",
+        (f"Model build {results['build_s']:.1f} s. HF engine generation: {generate['tokens']} tokens in "
+         f"{generate['seconds']:.2f} s = **{generate['tokens_per_s']:.1f} tokens/s**."), "",
         "| update | GRPO step s | refit s (export + publish + load) | MB shipped | engine vs learner max abs log-prob diff | peak GiB |",
         "|---|---|---|---|---|---|",
     ]
     for name, r in rows:
         lines.append(f"| {name} | {r['step_s']:.3f} | **{r['refit_s']:.3f}** ({r['export_s']:.3f} + {r['publish_s']:.3f} + "
                      f"{r['load_s']:.3f}) | {r['bytes'] / 2**20:.1f} | {r['logprob_max_diff']:.2e} | {r['peak_gib']:.2f} |")
-    lines += ["", "Peak: GPU memory allocated during the phase (engine and learner on one card); on the CPU, the "
-              "process's peak RSS. For comparison, NeMo-RL publishes 0.21-0.34 s refits for a 4B model.", ""]
+    lines += ["", ("Peak: GPU memory allocated during the phase (engine and learner on one card); on the CPU, the "
+                   "process's peak RSS. For comparison, NeMo-RL publishes 0.21-0.34 s refits for a 4B model."), ""]
     return "\n".join(lines)
 
 

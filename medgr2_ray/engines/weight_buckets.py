@@ -179,7 +179,7 @@ class CheckpointReader:
         self._where: dict[str, tuple[int, str]] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         for i, handle in enumerate(self._handles):
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118  (a safetensors handle is not iterable)
                 name = memory_name(key)
                 self._where[name] = (i, key)
                 self.shapes[name] = tuple(int(d) for d in handle.get_slice(key).get_shape())

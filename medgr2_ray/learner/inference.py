@@ -26,8 +26,17 @@ from medgr2_ray.learner.microbatch import split_micro_batches
 from medgr2_ray.learner.trainer import inputs_to, select_device
 from medgr2_ray.models.loading import LoadedVLM, load_vlm
 from medgr2_ray.models.logprobs import completion_logprobs
-from medgr2_ray.models.processing import check_request, encode_prompt_completions, encode_prompts
-from medgr2_ray.models.reward_head import HEAD_FILE, RewardModel, RewardOutput, VerifierInit
+from medgr2_ray.models.processing import (
+    check_request,
+    encode_prompt_completions,
+    encode_prompts,
+)
+from medgr2_ray.models.reward_head import (
+    HEAD_FILE,
+    RewardModel,
+    RewardOutput,
+    VerifierInit,
+)
 from medgr2_ray.models.verifier import encode_verdicts
 from medgr2_ray.types import GenerationRequest, RewardObjective
 

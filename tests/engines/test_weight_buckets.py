@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_helpers import lora_learner
 
 from medgr2_ray.config import LoraConfig
 from medgr2_ray.engines.weight_buckets import (
@@ -24,8 +25,6 @@ from medgr2_ray.engines.weight_buckets import (
 )
 from medgr2_ray.models.loading import load_vlm
 from medgr2_ray.sync.flat import pack_tensors, unpack_tensors
-
-from engine_helpers import lora_learner
 
 LORA = LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"])
 

@@ -15,7 +15,7 @@ from medgr2_ray.models.processing import encode_prompts, forward_kwargs
 from medgr2_ray.types import GenerationRequest
 
 
-def _forward_backward(model: torch.nn.Module, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:  # noqa: ANN001
+def _forward_backward(model: torch.nn.Module, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
     model.zero_grad(set_to_none=True)
     logits = model(**forward_kwargs(inputs)).logits
     logits.float().square().mean().backward()

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import deepspeed  # noqa: F401  (scripts/setup.sh installs it: this test must run, never skip)
 import numpy as np
 import pytest
 import torch
@@ -29,7 +30,6 @@ from medgr2_ray.learner.policy import PolicyLearner
 from medgr2_ray.sync.flat import unpack_tensors
 from medgr2_ray.types import GenerationRequest, SFTExample
 
-import deepspeed  # noqa: E402,F401  (scripts/setup.sh installs it: this test must run, never skip)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray Train workers cannot import tests/
 
 STEPS = 3
