@@ -15,10 +15,9 @@ What it does, through the project's own code (engines/hf.py, learner/policy.py, 
 
 What it needs: torch, transformers (5.17 or later), peft, accelerate, safetensors, tokenizers, numpy, pyyaml,
 pillow and pydantic; not Ray, vLLM or the network. This repository's code is imported from the checkout
-(no install). On a bare CUDA machine missing pydantic or pillow, bring them as wheels (3-8 MB):
-    pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
-        -d gpu_smoke_wheels pydantic pillow          # where there is network
-    pip install --no-index --find-links gpu_smoke_wheels pydantic pillow   # on the GPU machine
+(no install). On a bare CUDA machine missing pydantic or pillow, bring them as wheels (9.6 MB for
+CPython 3.12): `bash scripts/gpu_smoke_wheels.sh` where there is network, carry `.cache/gpu_smoke_wheels`,
+then `pip install --no-index --find-links .cache/gpu_smoke_wheels pydantic pillow` on the GPU machine.
 "Publish" goes through the Ray object store when Ray is importable (`--publish ray`), else the
 `FlatWeights` are handed over in-process (`--publish none`; the default `auto` picks).
 """
