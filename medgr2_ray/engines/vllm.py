@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -222,11 +222,12 @@ class VLLMEngine:
         merged on their W0), validated first so a bad update changes nothing; then drop the caches."""
         named = unpack_tensors(weights)  # views into the published buffers: nothing copied yet
         if weights.lora_only:
-            updates = self._lora.merge(named)
+            merged = self._lora.merge(named)  # merged lazily, bucket by bucket
+            stats = self._stream(merged, merged.sizes)
         else:
-            updates = self._full_updates(named)
-            self._lora.rebase(updates)
-        stats = self._stream(updates)
+            full = self._full_updates(named)
+            self._lora.rebase(full)
+            stats = self._stream(full, {n: tensor_bytes(t) for n, t in full.items()})
         self._llm.reset_prefix_cache()
         # The engine process caches vision-encoder outputs per image; stale ones would survive the update
         # (and a VLM engine dies with an encoder-cache miss if only the worker's cache is dropped).
@@ -253,14 +254,15 @@ class VLLMEngine:
             out[key] = tensor
         return out
 
-    def _stream(self, updates: dict[str, torch.Tensor]) -> "UpdateStats":
-        """Send `updates` bucket by bucket: write one bucket file, have every worker load it, delete it."""
-        buckets = plan_buckets(updates, self.engine_cfg.weight_bucket_bytes)
+    def _stream(self, updates: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> "UpdateStats":
+        """Send `updates` bucket by bucket: write one bucket file (reading, and for LoRA merging, only that
+        bucket's tensors), have every worker load it, delete it."""
+        buckets = plan_buckets(sizes, self.engine_cfg.weight_bucket_bytes)
         for names in buckets:
             with bucket_file(updates, names) as (path, entries):
                 self._llm.collective_rpc("medgr2_load_bucket", args=(path, [astuple(e) for e in entries]))
-        return UpdateStats(len(updates), sum(tensor_bytes(t) for t in updates.values()), len(buckets),
-                           max((sum(tensor_bytes(updates[n]) for n in b) for b in buckets), default=0))
+        return UpdateStats(len(sizes), sum(sizes.values()), len(buckets),
+                           max((sum(sizes[n] for n in b) for b in buckets), default=0))
 
     # ---- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:

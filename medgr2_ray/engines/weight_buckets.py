@@ -16,8 +16,9 @@ every vLLM fusion), and a group never straddles buckets. A group larger than the
 
 LoRA without a full copy: an adapter update W = W0 + (alpha/r) * B @ A needs W0 only for the adapted
 modules. `LoraMerger` reads those W0 from the model directory's safetensors (memory-mapped, by name)
-once, keeps just them, and sends the adapted layers' groups: the update costs in proportion to the
-adapted modules, never the model. Pure torch/numpy: no vLLM, no Ray (tested in the main lane).
+once, keeps just them, and sends the adapted layers' groups, merged as each bucket is written (one
+bucket of merged tensors at a time): the update costs in proportion to the adapted modules, never the
+model. Pure torch/numpy: no vLLM, no Ray (tested in the main lane).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from medgr2_ray.config import LoraConfig
 
 ALIGN = 64  # byte alignment of every tensor in a bucket file (frombuffer needs dtype alignment)
 _LORA_NAME = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I64": torch.int64,
+                       "I32": torch.int32, "U8": torch.uint8}
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                  "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8}
 
@@ -70,19 +73,19 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def plan_buckets(named: Mapping[str, torch.Tensor], bucket_bytes: int) -> list[list[str]]:
-    """Names in buckets of at most `bucket_bytes` (a single group larger than that: a bucket of its own),
-    whole layer groups only, in first-appearance order; every name exactly once."""
+def plan_buckets(sizes: Mapping[str, int], bucket_bytes: int) -> list[list[str]]:
+    """Names (with their sizes in bytes) in buckets of at most `bucket_bytes` (a single group larger than
+    that: a bucket of its own), whole layer groups only, in first-appearance order; every name once."""
     if bucket_bytes < 1:
         raise ValueError(f"bucket size must be >= 1 byte, got {bucket_bytes}")
     groups: dict[str, list[str]] = {}
-    for name in named:
+    for name in sizes:
         groups.setdefault(layer_group(name), []).append(name)
     buckets: list[list[str]] = []
     current: list[str] = []
     size = 0
     for names in groups.values():
-        group_size = sum(_aligned(tensor_bytes(named[n])) for n in names)
+        group_size = sum(_aligned(sizes[n]) for n in names)
         if current and size + group_size > bucket_bytes:
             buckets.append(current)
             current, size = [], 0
@@ -178,11 +181,14 @@ class CheckpointReader:
         self._handles = [safe_open(str(root / f), framework="pt") for f in files]
         self._where: dict[str, tuple[int, str]] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
         for i, handle in enumerate(self._handles):
             for key in handle.keys():  # noqa: SIM118  (a safetensors handle is not iterable)
                 name = memory_name(key)
                 self._where[name] = (i, key)
-                self.shapes[name] = tuple(int(d) for d in handle.get_slice(key).get_shape())
+                header = handle.get_slice(key)
+                self.shapes[name] = tuple(int(d) for d in header.get_shape())
+                self.dtypes[name] = _SAFETENSORS_DTYPES[header.get_dtype()]
 
     def get(self, name: str) -> torch.Tensor:
         """One tensor (a private copy) by in-memory name."""
@@ -231,15 +237,15 @@ class LoraMerger:
         base = self._base(name)
         return (base.float() + self.scale * (ab["B"].float() @ ab["A"].float())).to(base.dtype)
 
-    def merge(self, adapters: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Full tensors to send: every group with an adapter now or before (reverted to W0 when its
-        adapter is gone), each weight W0 + scale * B @ A where adapted, W0 elsewhere."""
+    def merge(self, adapters: Mapping[str, torch.Tensor]) -> "MergedLayers":
+        """The full tensors to send, made one at a time when read (so a bucket's worth at a time): every
+        group with an adapter now or before (reverted to W0 when its adapter is gone), each weight
+        W0 + scale * B @ A where adapted, W0 elsewhere. Validated here, before anything changes."""
         pairs = self._pairs(adapters)
         weights = sorted(set(pairs) | set(self._served))
-        names = dict.fromkeys(n for w in weights for n in self._groups[layer_group(w)])
-        out = {name: self._merged(name, pairs[name]) if name in pairs else self._base(name) for name in names}
+        names = list(dict.fromkeys(n for w in weights for n in self._groups[layer_group(w)]))
         self._served = {w: {k: v.detach().clone() for k, v in ab.items()} for w, ab in pairs.items()}
-        return out
+        return MergedLayers(self, names, dict(self._served))
 
     def rebase(self, full: Mapping[str, torch.Tensor]) -> None:
         """After a full update the served weights are the new W0 (as HFEngine has it): a tracked tensor in
@@ -253,3 +259,25 @@ class LoraMerger:
             if name in self.base:
                 self.base[name] = tensor.detach().clone()
         self._served = {}
+
+
+class MergedLayers(Mapping[str, torch.Tensor]):
+    """A LoRA update's full tensors, merged when read: `bucket_file` reads one bucket's names at a time,
+    so at most one bucket of merged tensors exists at once (beside the kept W0)."""
+
+    def __init__(self, merger: LoraMerger, names: list[str], pairs: dict[str, dict[str, torch.Tensor]]) -> None:
+        self._merger, self._names, self._pairs = merger, names, pairs
+        shapes, dtypes = merger.checkpoint.shapes, merger.checkpoint.dtypes
+        self.sizes = {n: int(np.prod(shapes[n], dtype=np.int64)) * dtypes[n].itemsize for n in names}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.sizes:
+            raise KeyError(name)
+        ab = self._pairs.get(name)
+        return self._merger._merged(name, ab) if ab is not None else self._merger._base(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)

@@ -47,7 +47,7 @@ def test_buckets_are_bounded_hold_whole_layer_groups_and_every_tensor_once(
     dirs: dict[int, Path], bucket_bytes: int
 ) -> None:
     named = dict(load_vlm(dirs[0]).model.named_parameters())
-    buckets = plan_buckets(named, bucket_bytes)
+    buckets = plan_buckets({n: tensor_bytes(t) for n, t in named.items()}, bucket_bytes)
     flat = [n for b in buckets for n in b]
     assert sorted(flat) == sorted(named) and len(flat) == len(set(flat))
     owner = {n: i for i, b in enumerate(buckets) for n in b}
@@ -88,7 +88,9 @@ def test_lora_merge_sends_only_adapted_groups_equals_peft_and_never_compounds(di
     for seed in (1, 2):  # the second update applies to W0, not to W0 + the first delta
         learner = lora_learner(dirs[0], seed, LORA)
         adapters = unpack_tensors(pack_tensors(dict(learner.named_parameters()), lora_only=True))
-        update = merger.merge(adapters)
+        lazy = merger.merge(adapters)
+        assert lazy.sizes == {n: tensor_bytes(t) for n, t in lazy.items()}  # sizes known before merging
+        update = dict(lazy)
         assert update and all(".self_attn." in n for n in update)  # q/v adapted: their attention blocks only
         assert sum(tensor_bytes(t) for t in update.values()) < sum(
             tensor_bytes(reader.get(n)) for n in reader.shapes) / 4  # a fraction of the model
@@ -103,7 +105,7 @@ def test_lora_merge_sends_only_adapted_groups_equals_peft_and_never_compounds(di
     params = dict(learner.named_parameters())
     dropped = next(n for n in params if ".lora_A." in n).replace(".lora_A.", ".lora_{}.")
     kept = {n: p for n, p in params.items() if ".lora_" in n and n not in (dropped.format("A"), dropped.format("B"))}
-    served.update(merger.merge(kept))
+    served.update(dict(merger.merge(kept)))
     weight = dropped.format("A").removeprefix("base_model.model.").replace(".lora_A.default", "")
     torch.testing.assert_close(served[weight], reader.get(weight), rtol=0, atol=0)
 
