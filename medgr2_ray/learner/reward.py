@@ -20,19 +20,18 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from medgr2_ray.algo.losses import reward_regression_loss
 from medgr2_ray.config import LearnerConfig, ModelConfig
+from medgr2_ray.learner.inference import load_reward_model, reward_forward, reward_scores
 from medgr2_ray.learner.microbatch import global_sum, reduce_metrics, split_micro_batches, synced_micro_batch_count
-from medgr2_ray.learner.trainer import Trainer, inputs_to, merged_lora_state
+from medgr2_ray.learner.trainer import Trainer, merged_lora_state
 from medgr2_ray.models.loading import apply_lora
-from medgr2_ray.models.processing import check_request, encode_prompts
-from medgr2_ray.models.reward_head import HEAD_FILE, RewardModel, RewardOutput, VerifierInit
-from medgr2_ray.models.verifier import encode_verdicts
+from medgr2_ray.models.processing import check_request
+from medgr2_ray.models.reward_head import RewardOutput
 from medgr2_ray.types import FlatWeights, GenerationRequest, RewardExample, RewardObjective
 
 REWARD_COUNTS = ("examples_in", "examples_dropped_bad_request", "examples_dropped_bad_target",
@@ -50,14 +49,9 @@ class RewardLearner(Trainer):
         self, model_dir: str | Path, model_cfg: ModelConfig, learner_cfg: LearnerConfig, seed: int,
         rank: int = 0, world_size: int = 1, local_rank: int | None = None, objective: RewardObjective | None = None,
     ) -> None:
-        torch.manual_seed(seed)  # identical head and LoRA initialisation on every rank
         self.objective = objective or RewardObjective()
-        if (Path(model_dir) / HEAD_FILE).is_file():
-            reward_model = RewardModel.from_pretrained(model_dir, model_cfg.dtype, model_cfg.trust_remote_code)
-        else:
-            init = VerifierInit(self.objective.low, self.objective.high) if self.objective.verifier else None
-            reward_model = RewardModel.from_backbone(model_dir, model_cfg.dtype, model_cfg.trust_remote_code, seed=seed,
-                                                     verifier=init)
+        # Seeded inside: identical head and LoRA initialisation on every rank (and in `RewardScorer`).
+        reward_model = load_reward_model(model_dir, model_cfg, seed, self.objective)
         if model_cfg.lora.enabled:
             reward_model.backbone = apply_lora(reward_model.backbone, model_cfg.lora)
         self.reward_model = reward_model
@@ -69,18 +63,7 @@ class RewardLearner(Trainer):
                  ) -> RewardOutput:
         """R on a micro-batch: the rendered samples and, for a verifier, their stated answers
         (`regress=False`: the answers only)."""
-        loaded = self.reward_model.loaded
-        verdict = encode_verdicts(loaded, requests, self.eos_id) if self.reward_model.is_verifier else None
-        if verdict is not None:
-            verdict = replace(verdict, inputs=inputs_to(verdict.inputs, self.device),
-                              completion_mask=verdict.completion_mask.to(self.device),
-                              answer_row=verdict.answer_row.to(self.device))
-            if not regress:  # answering only: the rendered samples are not even encoded
-                return model(None, verdict, verdict_only=True)
-        inputs = inputs_to(encode_prompts(self.reward_model.loaded, requests, padding_side="left"), self.device)
-        if verdict is None:  # a scalar head, or a padding batch with nothing to answer
-            return model(inputs)
-        return model(inputs, verdict)
+        return reward_forward(self.reward_model, model, requests, self.eos_id, self.device, regress)
 
     def _usable(self, examples: Sequence[RewardExample], counts: Counter[str]) -> list[RewardExample]:
         """Examples that can be trained on; the rest are counted by reason."""
@@ -183,15 +166,8 @@ class RewardLearner(Trainer):
     def score(self, requests: Sequence[GenerationRequest]) -> list[float]:
         """R's score for each request (NaN for a request that cannot be encoded, or that a verifier cannot
         answer because it carries no sample, so positions line up)."""
-        out = [math.nan] * len(requests)
-        good = [i for i, r in enumerate(requests) if check_request(r) is None
-                and (r.sample is not None or not self.reward_model.is_verifier)]
         with self.evaluating():
-            for batch in split_micro_batches(good, self.cfg.micro_batch_size):
-                scores = self._forward(self.model, [requests[i] for i in batch]).score
-                for i, value in zip(batch, scores.float().cpu().tolist()):
-                    out[i] = float(value)
-        return out
+            return reward_scores(self.reward_model, requests, self.eos_id, self.device, self.cfg.micro_batch_size)
 
     def _export_tensors(self, merged: bool) -> dict[str, torch.Tensor]:
         """The whole reward model (backbone with LoRA merged, plus head), live: a scorer needs all of it.
@@ -202,8 +178,9 @@ class RewardLearner(Trainer):
             return state
         return dict(self.model.state_dict())
 
-    def export_weights(self, merged: bool = True) -> FlatWeights:
-        """Full reward-model weights as FlatWeights (never LoRA-only: the head is not an adapter)."""
+    def export_weights(self, merged: bool = True) -> FlatWeights | None:
+        """Full reward-model weights as FlatWeights (never LoRA-only: the head is not an adapter).
+        Collective, as `Trainer.export_weights`: rank 0 gets the weights, every other rank None."""
         return super().export_weights(merged=True)
 
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from medgr2_ray.config import LearnerConfig
+from medgr2_ray.learner.zero3 import install_vision_keepalive
 
 # Fields of a DeepSpeed ZeRO optimizer state_dict that hold live objects (loss scaler, enums, fragment
 # maps derived from the parameter layout): they are
@@ -187,6 +188,9 @@ class DeepSpeedStrategy:
         self._zero3 = cfg.zero_stage == 3
         self._touch: torch.Tensor | None = None
         self.engine.register_forward_pre_hook(self._before_forward)
+        # ZeRO-3 all-gathers a module's parameters when it runs: a rank whose micro-batch has no image
+        # would skip the vision tower's gathers while the others join them (learner/zero3.py).
+        self.vision_keepalive = install_vision_keepalive(model) if self._zero3 and world_size > 1 else None
 
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate; DeepSpeed averages over ranks, so scale by world size to get our sum."""

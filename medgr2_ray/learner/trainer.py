@@ -140,30 +140,53 @@ class Trainer:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     # ------------------------------------------------------------ weight export
+    #
+    # Export is a *collective*: under DeepSpeed ZeRO-3 every rank holds only a shard of each parameter,
+    # and gathering them (`strategy.gathered_parameters`, DeepSpeed's `GatheredParameters`) is an
+    # all-gather that every rank of the process group must enter, in the same order. A publish made by
+    # rank 0 alone hangs at its first weight update. So every rank calls `export_state`/`export_weights`
+    # at the same point of its step; rank 0 gets the weights and publishes them, the others get None.
+    # With the torch strategy and ZeRO-0/1/2 the gather is a no-op, but the contract is the same, so a
+    # caller written for one strategy is right for all.
+
+    @contextmanager
+    def gathered_for_export(self) -> Iterator[bool]:
+        """Collective context (every rank enters it together): parameters are whole inside; yields
+        whether this rank is the exporter (rank 0), the one rank that should read them."""
+        with self.strategy.gathered_parameters():
+            yield self.rank == 0
 
     def _export_tensors(self, merged: bool) -> dict[str, torch.Tensor]:
         """The tensors to ship, as they live (the parameters themselves, no copy): adapters only when
-        LoRA, the merged full state when asked, else everything. Valid only inside
-        `strategy.gathered_parameters()` (under ZeRO-3 the parameters are whole only there)."""
+        LoRA, the merged full state when asked, else everything. Valid only inside `gathered_for_export`
+        (under ZeRO-3 the parameters are whole only there)."""
         if self.lora and merged:
             return merged_lora_state(self.model)
         if self.lora:
             return {n: p for n, p in self.model.named_parameters() if ".lora_" in n}
         return dict(self.model.state_dict())
 
-    def export_state(self, merged: bool = False) -> dict[str, torch.Tensor]:
-        """Named CPU tensors to ship, each a copy the caller owns (see `_export_tensors` for which)."""
-        with self.strategy.gathered_parameters():
+    def export_state(self, merged: bool = False) -> dict[str, torch.Tensor] | None:
+        """Named CPU tensors to ship, each a copy the caller owns (see `_export_tensors` for which).
+
+        Collective: every rank must call it together (see above); rank 0 gets the tensors, others None."""
+        with self.gathered_for_export() as exporter:
+            if not exporter:
+                return None
             return {n: t.detach().to("cpu").clone() for n, t in self._export_tensors(merged).items()}
 
-    def export_weights(self, merged: bool = False) -> FlatWeights:
+    def export_weights(self, merged: bool = False) -> FlatWeights | None:
         """Weights for the rollout engines as `FlatWeights` (LoRA-only unless `merged` or full training).
 
         Packed straight from the parameters into the publish buffer: one copy per tensor, where
-        `export_state` + `pack_tensors` would make two (a clone, then the pack)."""
-        lora_only = self.lora and not merged
-        with self.strategy.gathered_parameters():
-            return pack_tensors(self._export_tensors(merged), lora_only=lora_only)
+        `export_state` + `pack_tensors` would make two (a clone, then the pack). Collective: every rank of
+        the learner must call it at the same point (under ZeRO-3 the export gathers every parameter,
+        which all ranks must enter, or they deadlock); rank 0 returns the `FlatWeights` and publishes
+        them, every other rank returns None."""
+        with self.gathered_for_export() as exporter:
+            if not exporter:
+                return None
+            return pack_tensors(self._export_tensors(merged), lora_only=self.lora and not merged)
 
     # ------------------------------------------------------------ checkpoints
 

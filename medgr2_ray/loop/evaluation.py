@@ -26,17 +26,17 @@ def _evaluate(cfg_json: dict[str, Any], model_dir: str, samples: list[dict[str, 
     from medgr2_ray.data.images import ImageCache
     from medgr2_ray.data.store import sample_from_dict
     from medgr2_ray.engines.hf import HFEngine
-    from medgr2_ray.learner.policy import PolicyLearner
     from medgr2_ray.algo.requests import solver_requests
+    from medgr2_ray.learner.inference import PolicyScorer
 
     cfg = Config.model_validate(cfg_json)
     torch.set_num_threads(cfg.run.torch_threads)
     test = [sample_from_dict(s) for s in samples]
     requests = solver_requests(test, ImageCache.of_samples(test))
-    learner = PolicyLearner(model_dir, cfg.policy.model_copy(update={"lora": cfg.policy.lora.model_copy(
-        update={"enabled": False})}), cfg.learner, cfg.grpo, cfg.run.seed)
-    likelihood = accuracy_table(test, choose_by_likelihood(learner, test, requests))
-    del learner
+    # Inference only: no optimizer, no strategy, no LoRA wrapper (the directory is whole), no autograd.
+    scorer = PolicyScorer(model_dir, cfg.policy, cfg.learner.micro_batch_size)
+    likelihood = accuracy_table(test, choose_by_likelihood(scorer, test, requests))
+    del scorer
     engine = HFEngine(model_dir, cfg.policy, cfg.engine, seed=cfg.run.seed)
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.grpo.max_new_tokens)
     texts = {r.request_id: r.text for r in engine.generate(requests, greedy)}

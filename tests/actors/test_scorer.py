@@ -84,13 +84,13 @@ def test_published_reward_model_weights_replace_the_scorers(ray_cluster: None, r
         trained.reward_model.head.bias.add_(3.0)  # an "updated" R: every score moves by +3
     request = _request("q")
     rm_requests = [reward_model_request(request, x) for x in _rollouts("q", ["A", "B"])]
-    before = scorer.learner.score(rm_requests)
+    before = scorer.reward.score(rm_requests)
     published = publish_weights(trained.export_weights(), version=4)
     assert scorer.load_weights(published) == 4
-    after = scorer.learner.score(rm_requests)
+    after = scorer.reward.score(rm_requests)
     np.testing.assert_allclose(after, trained.score(rm_requests), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(after) - np.asarray(before), 3.0, rtol=1e-4)
     # No copy into R: its parameters are views of the object-store buffer this process maps for the version.
     [buffer] = fetch_weights(published).buffers.values()
     lo, hi = buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes
-    assert all(lo <= p.data_ptr() < hi for p in scorer.learner.model.parameters())
+    assert all(lo <= p.data_ptr() < hi for p in scorer.reward.model.parameters())

@@ -2,9 +2,10 @@
 
 One engine serves the whole module (start-up is 30-80 s on two shared cores). The reference for
 every comparison is the HF model driven through `models.processing`, the learner's own path:
-greedy tokens by teacher-forced argmax, log-probs by one teacher-forced forward. Weight updates are
-checked against a fresh vLLM engine built from the new weights (full) and against PEFT's own merge
-(LoRA); every weight test puts the engine back on its start weights, so the tests are order-free.
+greedy tokens by teacher-forced argmax, log-probs by one teacher-forced forward. Weight updates stream
+in buckets forced tiny and are checked against a fresh vLLM engine built from the new weights (full) and
+against PEFT's own merge (LoRA); every weight test puts the engine back on its start weights, so the
+tests are order-free.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from medgr2_ray.config import EngineConfig, LoraConfig, ModelConfig
 from medgr2_ray.engines import RolloutEngine
 from medgr2_ray.engines.hf import processed_logprobs
 from medgr2_ray.engines.vllm import VLLMEngine, vllm_available
+from medgr2_ray.engines.weight_buckets import layer_group
 from medgr2_ray.models.loading import LoadedVLM, load_vlm
 from medgr2_ray.models.processing import encode_prompt_completions, encode_prompts, forward_kwargs
 from medgr2_ray.sync.flat import pack_tensors
@@ -35,8 +37,10 @@ torch.set_num_threads(1)
 MAX_NEW = 12
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW)
 LORA = LoraConfig(enabled=True, r=4, alpha=8)
+# Buckets forced tiny (64 KiB; the model is ~1.6 MB): every weight test below streams many buckets.
+BUCKET = 64 << 10
 ENGINE = EngineConfig(backend="vllm", max_batch_size=8, kv_cache_memory_bytes=32 << 20, max_model_len=1024,
-                      enforce_eager=True)
+                      enforce_eager=True, weight_bucket_bytes=BUCKET)
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +184,14 @@ def test_full_update_equals_fresh_engine_and_stale_differs(
     learner = load_vlm(dirs[1]).model
     engine.load_weights(pack_tensors(dict(learner.named_parameters()), lora_only=False), version=1)
     assert engine.weight_version == 1
+    sent = engine.last_update
+    assert sent.buckets > 10 and sent.bytes == sum(p.numel() * 4 for p in learner.parameters())
+    groups: dict[str, int] = {}
+    for name, param in learner.named_parameters():
+        groups[layer_group(name)] = groups.get(layer_group(name), 0) + param.numel() * 4
+    # Whole layers per bucket: no bucket exceeds the bound but a lone layer group bigger than it (the
+    # 0.5 MB embedding and lm_head here), and never by more than one group's alignment padding.
+    assert sent.largest_bucket <= max(BUCKET, max(groups.values()))
     updated = engine.generate(requests, GREEDY)
     assert all(r.weight_version == 1 for r in updated)
     with VLLMEngine(dirs[1], ModelConfig(), ENGINE, seed=0) as fresh:
@@ -198,6 +210,8 @@ def test_lora_update_equals_peft_merge_and_does_not_compound(
         learner = lora_learner(dirs[0], seed, LORA)
         flat = pack_tensors(dict(learner.named_parameters()), lora_only=True)
         engine.load_weights(flat, version=10 + step)
+        model_bytes = sum(p.numel() * 4 for p in learner.get_base_model().parameters()) - flat.num_bytes
+        assert 0 < engine.last_update.bytes < model_bytes / 4  # the adapted attention blocks, not the model
         merged = load_vlm(dirs[0])  # the reference: PEFT's own merge, in an HF model
         merged.model.load_state_dict(learner.merge_and_unload().state_dict())
         assert _greedy(engine, requests) == _hf_greedy(merged, requests)

@@ -60,7 +60,7 @@ def samples(tmp_path_factory: pytest.TempPathFactory, dicom_rgb: Callable[[str],
 
 def graded_examples(samples: list[Sample], seed: int) -> list[RewardExample]:
     """Graded samples rendered as reward-model requests (image read from the sample's path; the sample
-    rides along, as `loop.stages.reward_request` sends it, for a verifier to answer)."""
+    rides along, as `algo.requests.reward_request` sends it, for a verifier to answer)."""
     images: dict[str, np.ndarray] = {}
     out = []
     for graded in build_graded_samples(samples, GradedDataConfig(), seed=seed):
