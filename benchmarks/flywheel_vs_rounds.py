@@ -37,9 +37,8 @@ def one_run(mode: str, rep: int, budget_s: float, root: Path, cache: Path, quick
     from medgr2_ray.config import load_config
     from medgr2_ray.eval.protocols import answer_agreement
     from medgr2_ray.eval.rundata import prepare_data
-    from medgr2_ray.eval.timeline import overlap, read_timeline
     from medgr2_ray.loop.cycle import run_data_only, with_absolute_paths
-    from medgr2_ray.loop.flywheel import GENERATOR_REFRESH, REWARD_REFRESH
+    from medgr2_ray.eval.timeline import GENERATOR_REFRESH, REWARD_REFRESH, overlap, read_timeline
 
     extra = ["cycle.generator_bootstrap_steps=120", "cycle.rm_answer_steps=60"] if quick else []
     cfg = with_absolute_paths(load_config(common.REPO / "configs" / "cpu-tiny.yaml", [

@@ -8,11 +8,13 @@ question is worth so the reader can tell a change from noise. No Ray, no models.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from medgr2_ray.eval.run_files import failure_counts, is_stage_point, read_candidates, read_evals
-from medgr2_ray.eval.timeline import busy_seconds, read_timeline
+from medgr2_ray.eval.timeline import (GENERATOR_REFRESH, REWARD_REFRESH, STAGES_FILE, busy_seconds, overlap,
+                                      read_timeline)
 
 
 def _minutes(seconds: float) -> str:
@@ -29,6 +31,24 @@ def kept_line(run_dir: Path) -> str | None:
     kept = sum(1 for _, s in candidates if s.provenance.selected)
     return (f"generated samples: {kept} kept of {len(candidates)} scored candidates"
             + (f"; {unparsed} generator outputs did not parse (data/*/failures.jsonl)" if unparsed else ""))
+
+
+def read_stage_seconds(run_dir: Path) -> dict[str, float]:
+    """The wall time of each stage of the run (`stages.json`, written by the cycle), {} without one."""
+    path = run_dir / STAGES_FILE
+    return {str(k): float(v) for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
+
+
+def flywheel_line(run_dir: Path) -> str | None:
+    """How much of the time G and R trained after their bootstrap the generator pool was generating, and
+    how much of the solver's SFT ran while G and R turned; None when the run's timeline shows no refresh."""
+    spans = read_timeline(run_dir)
+    busy = overlap(spans, ("generate",), (GENERATOR_REFRESH, REWARD_REFRESH))
+    if busy is None:
+        return None
+    solver = overlap(spans, ("train:generator", "train:reward"), ("train:solver_sft",))
+    tail = f"; G and R trained during {solver:.0%} of the solver's SFT" if solver is not None else ""
+    return f"flywheel: the generator pool generated during {busy:.0%} of G's and R's training after their bootstrap{tail}"
 
 
 def accuracy_lines(evals: dict[str, dict[str, Any]]) -> list[str]:
@@ -54,9 +74,12 @@ def accuracy_lines(evals: dict[str, dict[str, Any]]) -> list[str]:
 def format_summary(run_dir: Path, seconds: float, report: Path | None, dashboard: str | None) -> str:
     """The whole end-of-run summary (see the module docstring)."""
     lines = [f"run directory: {run_dir}  (wall time {_minutes(seconds)})"]
-    stages = busy_seconds(read_timeline(run_dir))
+    stages = read_stage_seconds(run_dir) or busy_seconds(read_timeline(run_dir))
     if stages:
         lines.append("wall time per stage: " + ", ".join(f"{kind} {_minutes(s)}" for kind, s in stages.items()))
+    turning = flywheel_line(run_dir)
+    if turning:
+        lines.append(turning)
     kept = kept_line(run_dir)
     if kept:
         lines.append(kept)

@@ -18,6 +18,10 @@ from pathlib import Path
 from medgr2_ray.messages import Span
 
 TIMELINE_FILE = "timeline.jsonl"
+STAGES_FILE = "stages.json"  # the cycle's wall time per stage: {stage: seconds}, in order
+# The timeline's names for G's and R's training after their bootstrap: the flywheel's steady state, in
+# which the generator pool should be generating (`overlap` measures how much it is).
+GENERATOR_REFRESH, REWARD_REFRESH = "train:generator_rft", "train:reward_refresh"
 
 
 def write_timeline(run_dir: Path, spans: Iterable[Span], t0: float) -> Path:

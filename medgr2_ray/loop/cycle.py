@@ -35,7 +35,7 @@ from medgr2_ray.data.store import write_samples
 from medgr2_ray.eval.protocols import EvalResult
 from medgr2_ray.eval.report import build_report
 from medgr2_ray.eval.rundata import CycleData, prepare_data
-from medgr2_ray.eval.timeline import write_timeline
+from medgr2_ray.eval.timeline import STAGES_FILE, write_timeline
 from medgr2_ray.loop.evaluation import finish_evaluation, start_evaluation
 from medgr2_ray.loop.flywheel import Flywheel
 from medgr2_ray.loop.grpo_stage import GRPOResult, grpo_learner, grpo_on
@@ -232,6 +232,7 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False, prefix: str
             log.log(0, {"accuracy": result.accuracy, "blind_bound": result.blind_bound}, f"eval_{name}")
     report = build_report(run_dir)
     clock.lap("report")
+    (run_dir / STAGES_FILE).write_text(json.dumps({k: round(v, 2) for k, v in clock.seconds.items()}))
     return CycleResult(run_dir, evals, report, time.time() - start, clock.seconds, len(kept), wheel.lane.ledger,
                        grpo.accounting if grpo is not None else None)
 

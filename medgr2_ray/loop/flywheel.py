@@ -33,6 +33,7 @@ from medgr2_ray.actors.system import ActorSystem
 from medgr2_ray.algo.requests import CandidateMeta, generator_requests
 from medgr2_ray.config import Config
 from medgr2_ray.eval.rundata import CycleData
+from medgr2_ray.eval.timeline import GENERATOR_REFRESH, REWARD_REFRESH
 from medgr2_ray.loop.autoscale import PoolAutoscaler, ScaleSignals
 from medgr2_ray.loop.data_lane import DataLane, wait_any
 from medgr2_ray.loop.learner_lane import LearnerLane, Phase
@@ -43,9 +44,7 @@ from medgr2_ray.types import GenerationRequest, MedImage, PromptStrategy, TaskTy
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 STATUS_EVERY_S = 1.0
-# The timeline's names for G's and R's training after their bootstrap: the flywheel's steady state, in
-# which the generator pool should be generating (`eval.timeline.overlap` measures how much it is).
-GENERATOR_REFRESH, REWARD_REFRESH = "train:generator_rft", "train:reward_refresh"
+
 
 
 def prompt_stream(images: Sequence[MedImage], tasks: Sequence[TaskType], strategies: Sequence[PromptStrategy],

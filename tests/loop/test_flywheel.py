@@ -30,9 +30,8 @@ from medgr2_ray.config import Config, load_config
 from medgr2_ray.data.images import ImageCache
 from medgr2_ray.data.store import read_samples
 from medgr2_ray.eval.rundata import prepare_data
-from medgr2_ray.eval.timeline import overlap, read_timeline
 from medgr2_ray.learner.recipes import RecipeContext, run_recipe
-from medgr2_ray.loop.flywheel import GENERATOR_REFRESH, REWARD_REFRESH
+from medgr2_ray.eval.timeline import GENERATOR_REFRESH, REWARD_REFRESH, overlap, read_timeline
 from medgr2_ray.loop.cycle import DataRun, model_dirs, run_data_only, with_absolute_paths
 from medgr2_ray.loop.learner_lane import draw_salt
 from medgr2_ray.loop.rounds import round_images
