@@ -230,6 +230,14 @@ BENCHES = (
           "held-out accuracy is limited by recognising a study never seen; GRPO's reward is on training images, "
           "which SFT has largely solved already (the training-reward column starts high)",
           f"{PY}/grpo_vs_sft.py --seconds 90", grpo_vs_sft),
+    Bench("flywheel_vs_rounds", "The flywheel against the paper's rounds",
+          "the main job's data side in both modes on the same budget after the same G and R bootstrap: kept "
+          "samples per second and the kept samples' right-answer share (against the images' modality); then the "
+          "whole main job in both modes, alternately: wall time and held-out accuracy after SFT",
+          "two cores shared by every actor: the continuous mode's gain is the time the rounds leave a core idle "
+          "(generation waits for G's and R's training and the other way round); selection keeps few samples at "
+          "this model size, and one held-out question is 1.7 points",
+          f"{PY}/flywheel_vs_rounds.py --reps 3 --budget 120 --cycles 2", common_format),
     Bench("weight_sync", "Weight sync through the object store",
           "`PolicyLearner.export_weights` -> `publish_weights` (`ray.put`) -> `fetch_weights` in another actor -> "
           "`HFEngine.load_weights`, for 10M-500M-parameter models, full and LoRA-only, against `np.copyto` of the "

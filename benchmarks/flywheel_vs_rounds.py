@@ -13,7 +13,11 @@ both see the same machine load on average):
 - candidates per second and the generator pool's busy share while G and R refresh (from the timeline).
 Goal (issue 15): continuous >= 1.5x the rounds' kept samples per second at no lower right-answer share.
 
-    .venv/bin/python benchmarks/flywheel_vs_rounds.py [--reps 3] [--budget 120] [--quick]
+`--cycles N` adds the whole main job (`configs/cpu-tiny.yaml`, both modes, N times each, alternately):
+its wall time and its held-out accuracy after the solver's SFT (and after GRPO), side by side; goal: the
+continuous mode's accuracy after SFT no lower than the rounds mode's.
+
+    .venv/bin/python benchmarks/flywheel_vs_rounds.py [--reps 3] [--budget 120] [--cycles 2] [--quick]
 """
 
 from __future__ import annotations
@@ -57,12 +61,52 @@ def one_run(mode: str, rep: int, budget_s: float, root: Path, cache: Path, quick
     }
 
 
+def one_cycle(mode: str, rep: int, root: Path, cache: Path) -> dict[str, Any]:
+    """The whole main job in `mode`: wall time and held-out accuracy at each point."""
+    from medgr2_ray.config import load_config
+    from medgr2_ray.loop.cycle import run_cycle
+
+    cfg = load_config(common.REPO / "configs" / "cpu-tiny.yaml", [
+        f"run.root={root}", f"run.name=cycle-{mode}-{rep}", f"data.cache_dir={cache}", f"cycle.mode={mode}",
+        f"ray.namespace=cycle-{mode}-{rep}"])
+    result = run_cycle(cfg, lambda *_: None)
+    out = {"mode": mode, "rep": rep, "seconds": result.seconds, "kept": result.kept,
+           "stages": result.stage_seconds}
+    out.update({f"acc_{k}": v.accuracy for k, v in result.evals.items()})
+    return out
+
+
+def cycles(args: argparse.Namespace, report: common.Report, root: Path, cache: Path) -> None:
+    """The main job in both modes, alternately: wall time and accuracy side by side."""
+    import ray
+
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    for rep in range(args.cycles):
+        for mode in MODES if rep % 2 == 0 else MODES[::-1]:
+            ray.init(num_cpus=8, include_dashboard=False, namespace=f"cycle-{mode}-{rep}", log_to_driver=False)
+            try:
+                runs[mode].append(one_cycle(mode, rep, root, cache))
+            finally:
+                ray.shutdown()
+            print(runs[mode][-1], flush=True)
+    rows = [[m, _stat([x["seconds"] for x in runs[m]]).fmt(), _stat([x["acc_untrained"] for x in runs[m]]).fmt(),
+             _stat([x["acc_after_sft"] for x in runs[m]]).fmt(), _stat([x.get("acc_after_grpo") for x in runs[m]]).fmt(),
+             _stat([x["kept"] for x in runs[m]]).fmt()] for m in MODES]
+    report.table(f"The main job (configs/cpu-tiny.yaml), {args.cycles} runs per mode, run alternately",
+                 ["mode", "wall s", "untrained", "after SFT", "after GRPO", "kept"], rows)
+    sft = {m: _stat([x["acc_after_sft"] for x in runs[m]]) for m in MODES}
+    report.goals.append(common.Goal("held-out accuracy after SFT, continuous vs rounds", "no lower",
+                                    f"{sft['continuous'].fmt()} vs {sft['rounds'].fmt()} (one question = 1.7 points)",
+                                    sft["continuous"].median >= sft["rounds"].median))
+    report.data["cycles"] = runs
+
+
 def run(args: argparse.Namespace) -> None:
     import ray
 
     reps = 1 if args.quick else args.reps
     budget = 30.0 if args.quick else args.budget
-    report = common.Report("flywheel_vs_rounds", args.quick, {"reps": reps, "budget_s": budget,
+    report = common.Report("flywheel_vs_rounds", args.quick, {"reps": reps, "budget_s": budget, "cycles": args.cycles,
                                                               "config": "configs/cpu-tiny.yaml"})
     cache = Path(args.cache or Path.home() / ".cache" / "medgr2_ray")
     root = Path(tempfile.mkdtemp(prefix="medgr2-flywheel-bench-"))
@@ -76,6 +120,8 @@ def run(args: argparse.Namespace) -> None:
                 ray.shutdown()
             print(runs[mode][-1], flush=True)
     _tables(report, runs, budget)
+    if args.cycles and not args.quick:
+        cycles(args, report, root, cache)
     report.save()
 
 
@@ -110,6 +156,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--budget", type=float, default=120.0, help="seconds of data phase after the bootstrap")
     parser.add_argument("--cache", default=None, help="seed pool and tiny models (default ~/.cache/medgr2_ray)")
+    parser.add_argument("--cycles", type=int, default=2, help="whole main jobs per mode (0: none)")
     parser.add_argument("--quick", action="store_true")
     run(parser.parse_args())
 

@@ -20,6 +20,7 @@ with `offers.jsonl` (the log), `samples.jsonl` (every candidate with its decisio
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -231,9 +232,10 @@ class KeptStore:
         """Start round k's files (rounds mode); returns the kept count so far."""
         self.round = k
         (Path(self.spec.out_dir) / "store_state.json").write_text(json.dumps({"round": k}))
+        # A round redone after a crash starts from an empty directory: nothing is appended to, and no
+        # file of the interrupted attempt survives beside the new ones.
+        shutil.rmtree(Path(self.spec.out_dir) / f"round_{k}", ignore_errors=True)
         self._segment = self._segment_dir()
-        for name in ("offers.jsonl", "samples.jsonl", "kept.jsonl", "failures.jsonl", "summary.json"):
-            (self._segment / name).unlink(missing_ok=True)
         return len(self.kept)
 
     # ------------------------------------------------------------ learners

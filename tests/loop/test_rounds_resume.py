@@ -10,7 +10,7 @@ Generation is deterministic given the seeds (the generator engine seeds a torch.
 the run's seed and the call's first request id; batches, grading and selection are seeded; the learners'
 checkpoints restore optimizer and RNG state; one torch thread), so a resumed round must equal the
 uninterrupted one byte for byte.
-The generator is bootstrapped for 100 steps so that rounds 1 and 2 both keep samples (a 3-step
+The generator is bootstrapped for 200 steps so that rounds 1 and 2 both keep samples (a 3-step
 generator writes nothing parseable, which would make the "no duplicates" checks vacuous).
 """
 
@@ -34,9 +34,9 @@ pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
 
 ROUNDS = [
-    "cycle.tasks=[Modality Recognition]", "cycle.strategies=[direct]", "cycle.images_per_round=4",
+    "cycle.tasks=[Modality Recognition]", "cycle.strategies=[direct]", "cycle.images_per_round=6",
     "cycle.samples_per_prompt=2", "cycle.temperature=0.3", "cycle.max_new_tokens=120", "cycle.batch_size=8",
-    "cycle.generator_bootstrap_steps=100", "cycle.rm_bootstrap_steps=3", "cycle.rm_answer_steps=3", "cycle.generator_rft_steps=1",
+    "cycle.generator_bootstrap_steps=200", "cycle.rm_bootstrap_steps=3", "cycle.rm_answer_steps=3", "cycle.generator_rft_steps=1",
     "cycle.rm_refresh_steps=2", "learner.lr=5e-3", "cycle.mode=rounds", "learner.num_cpus_per_rank=0.5",
     "generator_pool.num_cpus=0.5", "scorer_pool.num_cpus=0.5", "learner.checkpoint_every=0",
 ]
