@@ -45,6 +45,9 @@ from medgr2_ray.messages import (ActorInfo, BatchSpec, OfferReceipt, SampleSourc
 from medgr2_ray.types import MedImage, Sample
 
 
+LOGS = ("offers.jsonl", "samples.jsonl", "kept.jsonl", "failures.jsonl")  # a segment's files (offers first)
+
+
 @dataclass(frozen=True)
 class StoreSpec:
     """Everything the store needs, in one typed message."""
@@ -88,9 +91,12 @@ class KeptStore:
 
     # ------------------------------------------------------------ files
     def _segment_dir(self) -> Path:
+        """This segment's directory (`stream/` or `round_k/`) with its logs present, empty when new."""
         name = f"round_{self.round}" if self.spec.rounds else "stream"
         path = Path(self.spec.out_dir) / name
         path.mkdir(parents=True, exist_ok=True)
+        for log in LOGS:
+            (path / log).touch()
         return path
 
     def _append(self, name: str, lines: Sequence[str]) -> None:
@@ -113,8 +119,8 @@ class KeptStore:
             return
         if not actor_info(0).restarted:
             state.write_text(json.dumps({"round": 0}))
-            for name in ("offers.jsonl", "samples.jsonl", "kept.jsonl", "failures.jsonl"):
-                (self._segment / name).unlink(missing_ok=True)
+            for name in LOGS:
+                (self._segment / name).write_text("")
             return
         if self.spec.rounds:
             self.round = int(json.loads(state.read_text())["round"])
@@ -128,8 +134,8 @@ class KeptStore:
                 return  # the last round opened was closed too: nothing is pending
         log = self._segment / "offers.jsonl"
         records = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-        for name in ("samples.jsonl", "kept.jsonl", "failures.jsonl"):
-            (self._segment / name).unlink(missing_ok=True)
+        for name in LOGS[1:]:
+            (self._segment / name).write_text("")
         for record in records:
             scored = ScoredCandidates(tuple(record["request_ids"]),
                                       tuple(sample_from_dict(d) for d in record["samples"]),

@@ -100,6 +100,14 @@ class LearnerLane:
         else:
             self.grant(make(steps))
 
+    def step_counters(self) -> dict[str, int]:
+        """Steps submitted per recipe (they seed each step's draws): saved with a learner's checkpoint."""
+        return {recipe.value: n for recipe, n in self.recipe_steps.items()}
+
+    def set_step_counters(self, counters: dict[str, int]) -> None:
+        """Continue the step counters a checkpoint saved (`step_counters`)."""
+        self.recipe_steps = {Recipe(k): int(v) for k, v in counters.items()}
+
     def pending_steps(self) -> int:
         """Granted steps not yet submitted."""
         return sum(max(0, o.phase.steps - o.next_step) for o in self.phases)

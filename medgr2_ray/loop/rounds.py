@@ -49,8 +49,9 @@ def complete_round(wheel: Flywheel, run_dir: Path, k: int, kept: int, print_: di
     where = round_checkpoint(run_dir, k)
     g, r = wheel.sys.g_learner, wheel.sys.r_learner
     assert g is not None and r is not None
-    g.save_checkpoint(where / "generator", extra)
-    r.save_checkpoint(where / "reward_model", extra)
+    # Each recipe's step counter seeds its batch draws: a resumed round must draw what the straight one did.
+    g.save_checkpoint(where / "generator", {**extra, "recipe_steps": wheel.g.step_counters()})
+    r.save_checkpoint(where / "reward_model", {**extra, "recipe_steps": wheel.r.step_counters()})
     record = write_done(run_dir, k, wheel.g.weights.version if wheel.g.weights else 0,
                         wheel.r.weights.version if wheel.r.weights else 0, kept, print_,
                         previous.digest if previous else None)
@@ -70,8 +71,8 @@ def restore(wheel: Flywheel, run_dir: Path, last: RoundRecord) -> None:
                 f"completes (only the last {KEEP_CHECKPOINTS} rounds' checkpoints are kept); "
                 "run without --resume to start the rounds over")
     assert wheel.sys.g_learner is not None and wheel.sys.r_learner is not None
-    wheel.sys.g_learner.load_checkpoint(where / "generator")
-    wheel.sys.r_learner.load_checkpoint(where / "reward_model")
+    wheel.g.set_step_counters(wheel.sys.g_learner.load_checkpoint(where / "generator").get("recipe_steps", {}))
+    wheel.r.set_step_counters(wheel.sys.r_learner.load_checkpoint(where / "reward_model").get("recipe_steps", {}))
     wheel.g.weights, wheel.r.weights = wheel.sys.g_learner.latest(), wheel.sys.r_learner.latest()
     wheel.lane.g_weights, wheel.lane.r_weights = wheel.g.weights, wheel.r.weights
     wheel.kept_total = int(ray.get(wheel.sys.store.status.remote()).kept)
