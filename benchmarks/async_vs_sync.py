@@ -8,7 +8,10 @@ export E, load L. Sync does them one after another; async runs the rollout actor
 the scorer (S) and the learner (T + E) at the same time, so
     limit = (G + S + T + E + L) / max(G + L, S, T + E),
 and never more than the number of busy stages (2 here). The job's shape is chosen so G ~ T (balanced).
-Rollout-actor stall by weight sync = L / (G + L): the share of the rollout actor's time spent loading.
+Goal: async/sync at >= 0.95 of that limit. Rollout-actor stall by weight sync = L / (G + L): the share
+of the rollout actor's time spent loading. The loop runs as by default (calls chained, the learner's
+next step queued ahead: `loop.chain_calls`, `loop.take_ahead`), Ray's workers at this process's priority
+(`common.RAY_SYSTEM_CONFIG` says why).
 
     .venv/bin/python benchmarks/async_vs_sync.py [--quick]
 """
@@ -52,23 +55,26 @@ def run(args: argparse.Namespace) -> None:
                                                          "async_max_staleness": ASYNC_STALENESS})
     cache = Path(args.cache or tempfile.mkdtemp(prefix="medgr2-bench-"))
     policy_dir = ensure_model_dir(ModelConfig(), cache, seed=0, role="policy")
-    plain = grpo_job.run_plain(shape, policy_dir)
-    lim = limits(plain)
     grpo_job.ray_init()
     runs: dict[int, list[grpo_job.LoopRun]] = {0: [], ASYNC_STALENESS: []}
+    plain = grpo_job.PlainRun()
     try:
-        for rep in range(reps):  # interleaved: both modes see the same machine load on average
-            for staleness in (0, ASYNC_STALENESS):
+        for rep in range(reps):  # interleaved: the stage times and both modes see the same load on average
+            one = grpo_job.run_plain(shape, policy_dir, seed=rep)
+            for name in ("step_s", "generate_s", "score_s", "train_s", "export_s", "load_s"):
+                getattr(plain, name).extend(getattr(one, name))
+            for staleness in (0, ASYNC_STALENESS) if rep % 2 == 0 else (ASYNC_STALENESS, 0):
                 result = grpo_job.run_loop(shape, staleness, policy_dir, seed=rep)
                 runs[staleness].append(result)
                 print(f"rep {rep} max_staleness={staleness}: {result.samples_per_s:.1f} samples/s, "
                       f"staleness {np.bincount(result.staleness).tolist() if result.staleness else []}", flush=True)
     finally:
         ray.shutdown()
+    lim = limits(plain)
     sync_sps = [r.samples_per_s for r in runs[0]]
     async_sps = [r.samples_per_s for r in runs[ASYNC_STALENESS]]
     ratio = common.ratio_stat(async_sps, sync_sps)
-    report.table("Stage times of one step (one process, no Ray; median of the timed steps)",
+    report.table("Stage times of one step (one process, no Ray; median of the timed steps of every repetition)",
                  ["generate G", "score S", "train T", "export E", "load L", "sync G+S+T+E+L", "async max(G+L, S, T+E)",
                   "theoretical async/sync"],
                  [[f"{lim[k]:.3f} s" for k in ("generate_s", "score_s", "train_s", "export_s", "load_s", "sync_step_s",
@@ -79,7 +85,8 @@ def run(args: argparse.Namespace) -> None:
                    common.summarize([r.step_s for r in runs[0]]).fmt(), _hist(runs[0])],
                   [f"async (max_staleness={ASYNC_STALENESS})", common.summarize(async_sps).fmt(),
                    common.summarize([r.step_s for r in runs[ASYNC_STALENESS]]).fmt(), _hist(runs[ASYNC_STALENESS])],
-                  ["async / sync", ratio.fmt(), "", f"limit {lim['limit']:.2f}x"]])
+                  ["async / sync", ratio.fmt(), "", f"limit {lim['limit']:.2f}x"],
+                  ["share of the limit", common.summarize([v / lim["limit"] for v in ratio.values]).fmt(), "", ""]])
     report.data = {"limits": lim, "plain": plain.__dict__, "runs": {str(k): [r.__dict__ for r in v] for k, v in runs.items()}}
     goals(report, ratio, lim)
     plot(report, sync_sps, async_sps, lim)
@@ -92,9 +99,11 @@ def _hist(runs: list[grpo_job.LoopRun]) -> str:
 
 
 def goals(report: common.Report, ratio: common.Stat, lim: dict[str, float]) -> None:
-    met = ratio.median >= 1.5
+    share = common.summarize([v / lim["limit"] for v in ratio.values])
+    met = share.median >= 0.95
     report.goals.append(common.Goal(
-        "async >= 1.5x sync (2-core machine, balanced stages)", ">= 1.5x", f"{ratio.fmt()}x (limit {lim['limit']:.2f}x)",
+        "async/sync at >= 0.95 of its theoretical limit (2-core machine, balanced stages)", ">= 0.95 of the limit",
+        f"{share.fmt()} of the limit ({ratio.fmt()}x; limit {lim['limit']:.2f}x)",
         met, "" if met else (
             f"per-repetition ratios {[round(v, 2) for v in ratio.values]}; the limit for these stage times is "
             f"{lim['limit']:.2f}x and assumes the rollout actor and the learner each get a core while they overlap; "

@@ -1,8 +1,11 @@
 """One GRPO job, run two ways, shared by async_vs_sync.py and orchestration_overhead.py:
 
-* `run_loop`: the Ray system (`actors.system.ActorSystem` + `loop.controller.Controller`): one policy
-  rollout actor, one scorer actor (accuracy reward only: `reward.alpha = 0`, so no reward model), one
-  learner rank, the rollout buffer; `grpo.max_staleness` decides sync (0) or async (>= 1).
+* `run_loop`: the Ray system (`actors.system.ActorSystem` + `loop.controller.Controller`), as the main
+  job runs it: one policy rollout actor, one scorer actor (accuracy reward only: `reward.alpha = 0`, so
+  no reward model), one learner rank hosted by Ray Train, the rollout buffer, the monitor; requests name
+  their images by id (the pixels were put in the object store once, as `grpo_stage.run_grpo` does);
+  `grpo.max_staleness` decides sync (0) or async (>= 1); `loop` overrides pick how calls are chained.
+  It keeps what the controller and the actors recorded about every call (`LoopTrace`).
 * `run_plain`: the same steps in one Python process without Ray: `HFEngine.generate` -> the scorer's
   reward functions -> `PolicyLearner.grpo_step` -> `export_weights` -> `HFEngine.load_weights`, with each
   stage timed, which gives the stage times the theoretical limits are computed from.
@@ -40,7 +43,7 @@ class JobShape:
     warmup_steps: int = 2
 
 
-def job_config(shape: JobShape, max_staleness: int, seed: int = 0) -> Config:
+def job_config(shape: JobShape, max_staleness: int, seed: int = 0, loop: dict[str, Any] | None = None) -> Config:
     """The system config of the job (1 rollout actor, 1 scorer, 1 learner rank, 1 torch thread each)."""
     per_step = shape.prompts_per_step
     return Config.model_validate({
@@ -54,20 +57,42 @@ def job_config(shape: JobShape, max_staleness: int, seed: int = 0) -> Config:
                  "buffer_size": 4 * per_step},
         "reward": {"alpha": 0.0, "beta": 1.0},
         # One generate call per step's prompts: the plain loop makes the same single call.
-        "loop": {"requests_per_call": per_step, "checkpoint_every": 0},
+        "loop": {"requests_per_call": per_step, "checkpoint_every": 0, **(loop or {})},
     })
 
 
-def job_requests(num: int) -> list[GenerationRequest]:
-    """CT and MR prompts (alternating), each with the `Sample` the scorer checks answers against."""
+def job_requests(num: int, by_id: bool = False) -> list[GenerationRequest]:
+    """CT and MR prompts (alternating), each with the `Sample` the scorer checks answers against; the
+    pixels in the request, or (`by_id`) the image's id (`job_images` holds the pixels)."""
     images = common.medical_images()
     out = []
     for i in range(num):
         modality, answer = (Modality.CT, "CT") if i % 2 == 0 else (Modality.MR, "MR")
         sample = Sample(f"s{i}", f"img{i % 2}", f"img{i % 2}.png", QUESTION, ("CT", "MR"), answer,
                         TaskType.MODALITY, modality)
-        out.append(GenerationRequest(f"p{i}", QUESTION, (images[i % 2],), sample=sample))
+        pixels = {"image_ids": (f"img{i % 2}",)} if by_id else {"images": (images[i % 2],)}
+        out.append(GenerationRequest(f"p{i}", QUESTION, sample=sample, **pixels))
     return out
+
+
+def job_images() -> dict[str, Any]:
+    """The prompts' pixels in the object store, by image id (put once, read by every actor)."""
+    import ray
+
+    return {f"img{k}": ray.put(image) for k, image in enumerate(common.medical_images())}
+
+
+@dataclass
+class LoopTrace:
+    """What the timed steps of a loop run left behind: the controller's calls (submit and finish as the
+    driver saw them), rank 0's report of each step (from the last warm-up step on), the actors' spans,
+    and the driver's own seconds (waiting, and CPU) over the timed steps."""
+
+    calls: list[Any]
+    step_dones: list[Any]
+    spans: list[Any]
+    driver_wait_s: float
+    driver_cpu_s: float
 
 
 @dataclass
@@ -80,6 +105,7 @@ class LoopRun:
     samples: int
     staleness: list[int]
     dropped_stale: int
+    trace: LoopTrace | None = None
 
     @property
     def samples_per_s(self) -> float:
@@ -90,28 +116,38 @@ class LoopRun:
         return self.wall_s / self.steps
 
 
-def run_loop(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int = 0) -> LoopRun:
+def run_loop(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int = 0,
+             loop: dict[str, Any] | None = None) -> LoopRun:
     """Build the actor system, run the warm-up steps, then time `shape.steps` more; always shuts down."""
+    import ray
+
     from medgr2_ray.actors.system import ActorSystem
     from medgr2_ray.loop.controller import Controller
 
-    cfg = job_config(shape, max_staleness, seed)
-    system = ActorSystem.build(cfg, policy_dir)
+    cfg = job_config(shape, max_staleness, seed, loop)
+    system = ActorSystem.build(cfg, policy_dir, images=job_images())
     try:
         while system.rollout.num_ready < 1 or system.scorer.num_ready < 1:
             system.rollout.poll_ready(1.0)
             system.scorer.poll_ready(1.0)
-        controller = Controller(cfg, system, job_requests(4 * shape.prompts_per_step))
+        controller = Controller(cfg, system, job_requests(4 * shape.prompts_per_step, by_id=True))
         controller.run(shape.warmup_steps)
         trained_before = len(controller.ledger.trained_ids)
         stale_before = len(controller.ledger.staleness)
+        ray.get(system.monitor.drain_spans.remote())
+        calls_before, dones_before = len(controller.calls), len(controller.step_dones)
+        waited, cpu = controller.waited_s, controller.driver_cpu_s
         start = time.perf_counter()
         ledger = controller.run(shape.warmup_steps + shape.steps)
         wall = time.perf_counter() - start
         controller.close()
+        time.sleep(0.5)  # the actors' last spans are fire-and-forget calls to the monitor
+        trace = LoopTrace(list(controller.calls)[calls_before:], list(controller.step_dones)[dones_before - 1:],
+                          ray.get(system.monitor.drain_spans.remote()), controller.waited_s - waited,
+                          controller.driver_cpu_s - cpu)
         trained = len(ledger.trained_ids) - trained_before
         return LoopRun(max_staleness, wall, shape.steps, trained * shape.group_size, ledger.staleness[stale_before:],
-                       len(ledger.dropped_stale_ids))
+                       len(ledger.dropped_stale_ids), trace)
     finally:
         system.shutdown()
 
@@ -197,5 +233,5 @@ def ray_init(num_cpus: int = 4) -> None:
     env = {"PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, namespace="medgr2-bench",
-             object_store_memory=1 << 30,
+             object_store_memory=1 << 30, _system_config=common.RAY_SYSTEM_CONFIG,
              runtime_env={"env_vars": env, "worker_process_setup_hook": "common.suppress_vision_tokens"})

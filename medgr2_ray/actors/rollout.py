@@ -75,6 +75,7 @@ class RolloutActor:
         start = time.time()
         if weights is not None and weights.version > self.engine.weight_version:
             self.load_weights(weights)
+            record_span(self.spec.monitor, self.name, "load_weights", start)  # inside the generate span
         rollouts = self.engine.generate([resolve_images(r, self.images) for r in requests], sampling)
         seconds = time.time() - start
         tokens = sum(len(r.completion_token_ids) for r in rollouts)

@@ -75,7 +75,7 @@ def scorer_pool(shared: Shared, reward_dir: str | None, objective: RewardObjecti
     cfg = shared.cfg
     return WorkerPool(f"{shared.prefix}scorer", ScorerActor, cfg.scorer_pool, lambda i: ScorerSpec(
         reward_dir, cfg.reward_model, cfg.reward, cfg.learner.micro_batch_size, cfg.run.seed, objective,
-        cfg.run.torch_threads, shared.images, shared.monitor))
+        cfg.run.torch_threads, shared.images, shared.monitor), out_of_order=True)
 
 
 def learner(shared: Shared, name: str, kind: LearnerModel, model_dir: str, model_cfg: ModelConfig,
@@ -89,6 +89,15 @@ def learner(shared: Shared, name: str, kind: LearnerModel, model_dir: str, model
         cfg.run.torch_threads)
     lc = cfg.learner
     return LearnerHost(spec, lc.num_ranks, lc.num_cpus_per_rank, lc.num_gpus_per_rank, fresh=fresh)
+
+
+def rollout_buffer(shared: Shared) -> Any:
+    """The run's `RolloutBuffer` actor (its put and take spans go to the monitor). Calls run in the order
+    their arguments are ready: a put chained on a score still running must not hold up the calls behind
+    it (another chain's put, a take, the controller's `ready`, `save` or `queued_ids`)."""
+    cfg = shared.cfg
+    return _named(RolloutBuffer, f"{shared.prefix}RolloutBuffer", allow_out_of_order_execution=True).remote(
+        cfg.grpo.buffer_size, cfg.grpo.dynamic_sampling, shared.monitor)
 
 
 def _named(cls: type, name: str, **options: Any) -> Any:
@@ -130,7 +139,7 @@ class ActorSystem:
             rollout=rollout_pool(shared, "policy-rollout", str(policy_dir), cfg.policy, 1000, cfg.rollout_pool),
             scorer=scorer_pool(shared, reward, None),
             learner=learner(shared, "PolicyLearner", LearnerModel.POLICY, str(policy_dir), cfg.policy),
-            buffer=_named(RolloutBuffer, f"{prefix}RolloutBuffer").remote(cfg.grpo.buffer_size, cfg.grpo.dynamic_sampling),
+            buffer=rollout_buffer(shared),
             monitor=shared.monitor)
         system.rollout.scale_to(cfg.rollout_pool.min_workers)
         system.scorer.scale_to(cfg.scorer_pool.min_workers)
@@ -144,7 +153,7 @@ class ActorSystem:
             rollout=rollout_pool(shared, "policy-rollout", dirs.policy, cfg.policy, 1000, cfg.rollout_pool),
             scorer=scorer_pool(shared, dirs.reward_model, reward_objective(cfg)),
             learner=learner(shared, "PolicyLearner", LearnerModel.POLICY, dirs.policy, cfg.policy),
-            buffer=_named(RolloutBuffer, f"{prefix}RolloutBuffer").remote(cfg.grpo.buffer_size, cfg.grpo.dynamic_sampling),
+            buffer=rollout_buffer(shared),
             monitor=shared.monitor,
             generator=rollout_pool(shared, "generator-rollout", dirs.generator, cfg.generator, 7919,
                                    cfg.generator_pool),

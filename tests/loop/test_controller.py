@@ -16,7 +16,7 @@ import ray
 from medgr2_ray.actors.system import ActorSystem
 from medgr2_ray.cli import main
 from medgr2_ray.cli.status_cmd import read_status
-from medgr2_ray.loop.controller import Controller, Flight
+from medgr2_ray.loop.controller import Controller, Flight, Stage
 from medgr2_ray.metrics import read_run_log
 from medgr2_ray.types import GenerationRequest
 
@@ -81,7 +81,7 @@ class KillOnce(Controller):
 
     def _on_done(self, ref: Any, flight: Flight) -> None:
         super()._on_done(ref, flight)
-        if self.killed is None and flight.stage == "generate":
+        if self.killed is None and flight.stage is Stage.GENERATE:
             victim = max(self.sys.rollout.members, key=lambda m: m.in_flight)
             assert victim.in_flight > 0
             os.kill(victim.info.pid, signal.SIGKILL)
