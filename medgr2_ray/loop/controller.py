@@ -71,7 +71,7 @@ class Flight:
     member: Member | None = None
     chain: tuple[Member, ...] = ()  # the actors this chain ran on (blamed if it fails)
     chained: bool = False  # the next stage was submitted on this call's result: that one carries the requests
-    submitted: float = field(default_factory=time.time)
+    submitted: float = field(default_factory=time.time)  # wall-clock, taken before the call was submitted
 
 
 @dataclass
@@ -195,9 +195,10 @@ class Controller:
                 return
             batch = tuple(self._next_request() for _ in range(min(budget, self.cfg.loop.requests_per_call)))
             seed = zlib.crc32(f"{self.cfg.run.seed}:{batch[0].request_id}".encode())  # same prompts, same samples
+            now = time.time()
             ref = member.handle.generate.remote(list(batch), replace(self.sampling, seed=seed), self.weights)
             member.in_flight += 1
-            flight = self.flights[ref] = Flight(Stage.GENERATE, batch, member)
+            flight = self.flights[ref] = Flight(Stage.GENERATE, batch, member, submitted=now)
             if self.cfg.loop.chain_calls and not self.unscored:
                 self._submit_score(ref, flight)
             budget -= len(batch)
@@ -224,17 +225,20 @@ class Controller:
         member = self.sys.scorer.least_busy(max_in_flight=1 << 30)
         if member is None:
             return False
+        now = time.time()
         ref = member.handle.score.remote(list(flight.requests), gen_ref)
         member.in_flight += 1
         flight.chained = True
-        score = self.flights[ref] = Flight(Stage.SCORE, flight.requests, member, chain=(flight.member, member))  # type: ignore[arg-type]
+        score = self.flights[ref] = Flight(Stage.SCORE, flight.requests, member, chain=(flight.member, member),  # type: ignore[arg-type]
+                                           submitted=now)
         if self.cfg.loop.chain_calls:
             self._submit_put(ref, score)
         return True
 
     def _submit_put(self, score_ref: Any, flight: Flight) -> None:
-        flight.chained = True
-        self.flights[self.sys.buffer.put.remote(score_ref)] = Flight(Stage.PUT, flight.requests, chain=flight.chain)
+        flight.chained, now = True, time.time()
+        self.flights[self.sys.buffer.put.remote(score_ref)] = Flight(Stage.PUT, flight.requests, chain=flight.chain,
+                                                                     submitted=now)
 
     def _on_put(self, ref: Any, flight: Flight) -> None:
         try:
@@ -289,10 +293,11 @@ class Controller:
         after = self._puts_bringing(self.n - fresh) if fresh < self.n else []
         if fresh < self.n and not after:
             return
+        now = time.time()
         take = self.sys.buffer.take.remote(self.n, self.weights.version, self.cfg.grpo.max_staleness, *after,
                                            exact=bool(after))
         ref = self.sys.learner.start(TrainWork(Recipe.SOLVER_GRPO, take, self.steps_started, publish=True))
-        self.flights[ref] = Flight(Stage.LEARN, ())
+        self.flights[ref] = Flight(Stage.LEARN, (), submitted=now)
         self.take_after = set(after)
         self.steps_started += 1
         self.last_wait = time.perf_counter() - (self.idle_since or time.perf_counter())  # + the batch's wait

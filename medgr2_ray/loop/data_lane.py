@@ -64,7 +64,7 @@ class Chain:
     call: Call
     members: tuple[Member, ...]
     chained: bool = False  # the score was submitted on this generate call's result: it carries the call
-    submitted: float = field(default_factory=time.time)
+    submitted: float = field(default_factory=time.time)  # wall-clock, taken before the call was submitted
 
 
 @dataclass
@@ -143,9 +143,10 @@ class DataLane:
     def _generate(self, member: Member, call: Call) -> None:
         # Same call, same samples: the seed depends only on the run's seed and the call's first request.
         seed = zlib.crc32(f"{self.cfg.run.seed}:{call.requests[0].request_id}".encode())
+        now = time.time()
         ref = member.handle.generate.remote(list(call.requests), replace(self.sampling, seed=seed), self.g_weights)
         member.in_flight += 1
-        chain = self.flights[ref] = Chain(Stage.GENERATE, call, (member,))
+        chain = self.flights[ref] = Chain(Stage.GENERATE, call, (member,), submitted=now)
         if self.cfg.loop.chain_calls and not self.unscored:
             self._submit_score(ref, chain)
 
@@ -153,10 +154,11 @@ class DataLane:
         member = self.scorer.least_busy(max_in_flight=1 << 30)
         if member is None:
             return False
+        now = time.time()
         ref = member.handle.score_candidates.remote(gen_ref, chain.call.meta, chain.call.round, self.r_weights)
         member.in_flight += 1
         chain.chained = True
-        self.flights[ref] = Chain(Stage.SCORE, chain.call, (*chain.members, member))
+        self.flights[ref] = Chain(Stage.SCORE, chain.call, (*chain.members, member), submitted=now)
         return True
 
     def pump(self) -> None:
@@ -178,7 +180,9 @@ class DataLane:
             return None
         if chain.stage is Stage.SCORE:
             chain.members[-1].in_flight -= 1
-            self.flights[self.store.offer.remote(ref, self.versions)] = Chain(Stage.OFFER, chain.call, chain.members)
+            now = time.time()
+            self.flights[self.store.offer.remote(ref, self.versions)] = Chain(Stage.OFFER, chain.call, chain.members,
+                                                                              submitted=now)
             return None
         try:
             receipt: OfferReceipt = ray.get(ref)
