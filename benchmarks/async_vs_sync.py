@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> None:
 
     common.single_thread()
     shape = grpo_job.JobShape(prompts_per_step=4, group_size=8, max_new_tokens=24, steps=3 if args.quick else 12,
-                              warmup_steps=1 if args.quick else 2)
+                              warmup_steps=1 if args.quick else 4, settle_s=0.0 if args.quick else 60.0)
     reps = 1 if args.quick else args.reps
     report = common.Report("async_vs_sync", args.quick, {"shape": shape.__dict__, "reps": reps,
                                                          "async_max_staleness": ASYNC_STALENESS})

@@ -304,3 +304,37 @@ def suppress_vision_tokens() -> None:
 
     masked.__wrapped__ = original  # type: ignore[attr-defined]
     hf.processed_logprobs = masked
+
+
+def suppress_vision_tokens_on_import() -> None:
+    """`suppress_vision_tokens` as a Ray `worker_process_setup_hook`, applied only when (if ever) the
+    worker imports `medgr2_ray.engines.hf`: Ray runs the hook in every worker it starts (Ray Train's
+    helpers, idle workers), and importing torch and transformers there cost seconds of CPU each."""
+    import importlib.abc
+    import sys
+
+    target = "medgr2_ray.engines.hf"
+    if target in sys.modules:
+        suppress_vision_tokens()
+        return
+
+    class _Patch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any, target_module: Any = None) -> Any:
+            if name != target:
+                return None
+            sys.meta_path.remove(self)
+            import importlib.util
+
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.loader is None:
+                return spec
+            exec_module = spec.loader.exec_module
+
+            def patched(module: Any) -> None:
+                exec_module(module)
+                suppress_vision_tokens()
+
+            spec.loader.exec_module = patched  # type: ignore[method-assign]
+            return spec
+
+    sys.meta_path.insert(0, _Patch())

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 import common
+import proc_cpu
 from medgr2_ray.config import Config
 
 
@@ -36,11 +37,12 @@ class DataShape:
     """What one data-side call does, and how many are timed."""
 
     calls: int
-    requests_per_call: int = 2
+    requests_per_call: int = 4
     samples_per_prompt: int = 2
-    max_new_tokens: int = 60
+    max_new_tokens: int = 120
     warmup_calls: int = 1
-    g_steps: int = 150  # G's SFT steps on the seeds before (at 150 steps ~20% of outputs parse)
+    g_steps: int = 400  # G's SFT steps on the seeds before (the main job's bootstrap: ~45% of outputs parse)
+    settle_s: float = 0.0  # seconds to wait after the actors are up (grpo_job.JobShape.settle_s says why)
 
 
 def data_config(shape: DataShape, root: Path, cache: Path, loop: dict[str, Any] | None = None) -> Config:
@@ -67,6 +69,7 @@ class DataSetting:
     reward_dir: str
     calls: list[list[tuple[Any, Any]]]  # (GenerationRequest, CandidateMeta) per call
     warmup: int  # the first calls are not timed
+    settle_s: float = 0.0
 
 
 def bootstrap_generator(cfg: Config, data: Any, steps: int, cache: Path) -> str:
@@ -105,7 +108,7 @@ def setting(shape: DataShape, root: Path, cache: Path) -> DataSetting:
     prompts = list(itertools.islice(stream, total * shape.requests_per_call))
     calls = [prompts[i * shape.requests_per_call:(i + 1) * shape.requests_per_call] for i in range(total)]
     return DataSetting(cfg, data, bootstrap_generator(cfg, data, shape.g_steps, cache), model_dirs(cfg).reward_model,
-                       calls, shape.warmup_calls)
+                       calls, shape.warmup_calls, shape.settle_s)
 
 
 def store_spec(cfg: Config, data: Any, out_dir: Path, images: dict[str, Any]) -> Any:
@@ -212,6 +215,8 @@ def run_lane(s: DataSetting, out_dir: Path, loop: dict[str, Any]) -> DataRun:
             generator.poll_ready(1.0)
             scorer.poll_ready(1.0)
         ray.get(store.ready.remote())
+        if s.settle_s > 0:
+            proc_cpu.wait_quiet(timeout_s=s.settle_s)
         lane, run = DataLane(cfg, generator, scorer, store), DataRun()
         for k, call in enumerate(s.calls):
             if k == s.warmup:
@@ -229,7 +234,8 @@ def run_lane(s: DataSetting, out_dir: Path, loop: dict[str, Any]) -> DataRun:
                 run.call_s.append(time.perf_counter() - start)
                 run.candidates += sum(r.candidates for r in receipts)
                 run.kept += sum(r.kept for r in receipts)
-        time.sleep(0.5)  # the actors' last spans are fire-and-forget calls to the monitor
+        ray.get([m.handle.ready.remote() for m in (*generator.members, *scorer.members)])  # send batched spans
+        time.sleep(1.0)  # fire-and-forget calls to the monitor
         run.trace = LaneTrace(list(lane.calls)[calls_before:], ray.get(shared.monitor.drain_spans.remote()))
         return run
     finally:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 import common
+import proc_cpu
 from medgr2_ray.config import Config
 from medgr2_ray.types import GenerationRequest, Modality, Sample, TaskType
 
@@ -41,6 +42,11 @@ class JobShape:
     max_new_tokens: int
     steps: int
     warmup_steps: int = 2
+    # Wait after the actor system is up until Ray's processes are quiet (at most this many seconds), before
+    # the warm-up steps: building it starts a dozen processes (Ray Train's controller and helpers, the
+    # actors) that import for seconds, and the last system's are still exiting; their CPU made the first
+    # steps after a build up to twice as long (measured). 0: no wait.
+    settle_s: float = 0.0
 
 
 def job_config(shape: JobShape, max_staleness: int, seed: int = 0, loop: dict[str, Any] | None = None) -> Config:
@@ -93,6 +99,7 @@ class LoopTrace:
     spans: list[Any]
     driver_wait_s: float
     driver_cpu_s: float
+    cpu_s: dict[str, float]  # CPU seconds of the timed steps, by process (proc_cpu.py)
 
 
 @dataclass
@@ -131,20 +138,26 @@ def run_loop(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int = 
             system.rollout.poll_ready(1.0)
             system.scorer.poll_ready(1.0)
         controller = Controller(cfg, system, job_requests(4 * shape.prompts_per_step, by_id=True))
+        if shape.settle_s > 0:
+            proc_cpu.wait_quiet(timeout_s=shape.settle_s)
         controller.run(shape.warmup_steps)
         trained_before = len(controller.ledger.trained_ids)
         stale_before = len(controller.ledger.staleness)
         ray.get(system.monitor.drain_spans.remote())
-        calls_before, dones_before = len(controller.calls), len(controller.step_dones)
+        # From the last warm-up step's result on: the first timed step starts there.
+        calls_before, dones_before = len(controller.calls) - 1, len(controller.step_dones) - 1
         waited, cpu = controller.waited_s, controller.driver_cpu_s
+        procs = proc_cpu.ray_processes()
+        cpu_before = proc_cpu.cpu_seconds(procs)
         start = time.perf_counter()
         ledger = controller.run(shape.warmup_steps + shape.steps)
         wall = time.perf_counter() - start
-        controller.close()
-        time.sleep(0.5)  # the actors' last spans are fire-and-forget calls to the monitor
-        trace = LoopTrace(list(controller.calls)[calls_before:], list(controller.step_dones)[dones_before - 1:],
+        cpu_s = proc_cpu.per_name(cpu_before, proc_cpu.cpu_seconds(procs))
+        controller.close()  # the actors send the spans they batched
+        time.sleep(1.0)  # fire-and-forget calls to the monitor
+        trace = LoopTrace(list(controller.calls)[calls_before:], list(controller.step_dones)[dones_before:],
                           ray.get(system.monitor.drain_spans.remote()), controller.waited_s - waited,
-                          controller.driver_cpu_s - cpu)
+                          controller.driver_cpu_s - cpu, cpu_s)
         trained = len(ledger.trained_ids) - trained_before
         return LoopRun(max_staleness, wall, shape.steps, trained * shape.group_size, ledger.staleness[stale_before:],
                        len(ledger.dropped_stale_ids), trace)
@@ -224,7 +237,8 @@ def run_plain(shape: JobShape, policy_dir: Path, seed: int = 0) -> PlainRun:
 
 
 def ray_init(num_cpus: int = 4) -> None:
-    """A local Ray cluster whose workers suppress vision tokens in the HF engine (common.py says why)."""
+    """A local Ray cluster whose workers suppress vision tokens in the HF engine (common.py says why; the
+    patch is applied in a worker only if it imports the engine)."""
     import os
 
     import ray
@@ -234,4 +248,4 @@ def ray_init(num_cpus: int = 4) -> None:
            "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, namespace="medgr2-bench",
              object_store_memory=1 << 30, _system_config=common.RAY_SYSTEM_CONFIG,
-             runtime_env={"env_vars": env, "worker_process_setup_hook": "common.suppress_vision_tokens"})
+             runtime_env={"env_vars": env, "worker_process_setup_hook": "common.suppress_vision_tokens_on_import"})

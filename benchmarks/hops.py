@@ -71,7 +71,7 @@ def step_hops(prev: Any, done: Any, calls: Sequence[Any], spans: Sequence[Any]) 
     """The intervals of the step that ended with `done` (rank 0's `WorkDone`; `prev`: the step before).
     None when the step does not have exactly one call of each kind (then it cannot be cut this way)."""
     lo, hi = prev.ended, done.ended
-    learn = [c for c in calls if c.stage == "learn" and lo <= c.observed]
+    learn = [c for c in calls if c.stage == "learn" and lo <= c.observed < hi]  # the step before's result
     gens = [c for c in calls if c.stage == "generate" and lo < c.submitted <= hi]
     gen, score, put, take = (_one(spans, k, lo, hi) for k in ("generate", "score", "put", "take"))
     if not learn or len(gens) != 1 or None in (gen, score, put, take):

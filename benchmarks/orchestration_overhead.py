@@ -108,42 +108,44 @@ def run(args: argparse.Namespace) -> None:
 def run_grpo(args: argparse.Namespace, report: common.Report, variants: list[str], reps: int) -> None:
     """The GRPO loop in every variant beside one process; its tables, plot and goal."""
     shape = grpo_job.JobShape(prompts_per_step=4, group_size=8, max_new_tokens=args.tokens,
-                              steps=3 if args.quick else 12, warmup_steps=1 if args.quick else 2)
+                              steps=3 if args.quick else 12, warmup_steps=1 if args.quick else 4,
+                              settle_s=0.0 if args.quick else args.settle)
     report.settings["shape"] = shape.__dict__
     cache = Path(args.cache or tempfile.mkdtemp(prefix="medgr2-bench-"))
     policy_dir = ensure_model_dir(ModelConfig(), cache, seed=0, role="policy")
-    plains: list[grpo_job.PlainRun] = []
+    plains: dict[str, list[grpo_job.PlainRun]] = {v: [] for v in variants}
     loops: dict[str, list[grpo_job.LoopRun]] = {v: [] for v in variants}
     for rep in range(reps):
-        plains.append(grpo_job.run_plain(shape, policy_dir, seed=rep))
-        print(f"rep {rep}: plain {plains[-1].wall_s / len(plains[-1].step_s):.3f} s/step", flush=True)
         for name in variants if rep % 2 == 0 else variants[::-1]:
+            # Each loop run right after its own one-process run: the load drifts between runs.
+            plains[name].append(grpo_job.run_plain(shape, policy_dir, seed=rep))
             overrides, blocking = VARIANTS[name]
             blocking_feed(blocking)
             loops[name].append(grpo_job.run_loop(shape, 0, policy_dir, seed=rep, loop=overrides))
-            print(f"rep {rep}: {name} {loops[name][-1].step_s:.3f} s/step", flush=True)
+            print(f"rep {rep}: {name} {loops[name][-1].step_s:.3f} s/step, one process "
+                  f"{plains[name][-1].wall_s / len(plains[name][-1].step_s):.3f} s/step", flush=True)
     blocking_feed(False)
     tables(report, shape, plains, loops)
-    plot(report, [p.wall_s / len(p.step_s) for p in plains], loops)
+    plot(report, plains, loops)
 
 
 def run_data(args: argparse.Namespace, report: common.Report, reps: int) -> None:
     """The data lane's calls, one at a time, beside the same calls in one process; its tables."""
     common.suppress_vision_tokens()  # as the actors do (the Ray workers' set-up hook)
     shape = data_job.DataShape(calls=3 if args.quick else 12, warmup_calls=1 if args.quick else 2,
-                               g_steps=args.g_steps)
+                               g_steps=args.g_steps, settle_s=0.0 if args.quick else args.settle)
     report.settings["data_shape"] = shape.__dict__
     root = Path(tempfile.mkdtemp(prefix="medgr2-data-bench-"))
     setting = data_job.setting(shape, root, Path(args.data_cache).expanduser())
-    plains: list[data_job.DataRun] = []
+    paired: dict[str, list[data_job.DataRun]] = {v: [] for v in DATA_VARIANTS}
     lanes: dict[str, list[data_job.DataRun]] = {v: [] for v in DATA_VARIANTS}
     for rep in range(reps):
-        plains.append(data_job.run_plain(setting, root / f"plain-{rep}"))
-        print(f"rep {rep}: data, one process {plains[-1].mean_call_s:.3f} s/call", flush=True)
         for name in DATA_VARIANTS if rep % 2 == 0 else list(DATA_VARIANTS)[::-1]:
+            paired[name].append(data_job.run_plain(setting, root / f"plain-{name}-{rep}"))
             lanes[name].append(data_job.run_lane(setting, root / f"{name}-{rep}", DATA_VARIANTS[name]))
-            print(f"rep {rep}: data lane, {name} {lanes[name][-1].mean_call_s:.3f} s/call", flush=True)
-    data_tables(report, shape, plains, lanes)
+            print(f"rep {rep}: data lane, {name} {lanes[name][-1].mean_call_s:.3f} s/call, one process "
+                  f"{paired[name][-1].mean_call_s:.3f} s/call", flush=True)
+    data_tables(report, shape, paired, lanes)
 
 
 def run_graph(report: common.Report, passes: int) -> None:
@@ -186,16 +188,18 @@ def run_graph(report: common.Report, passes: int) -> None:
     report.data["graph_ms"] = ms
 
 
-def data_tables(report: common.Report, shape: data_job.DataShape, plains: list[data_job.DataRun],
+def data_tables(report: common.Report, shape: data_job.DataShape, paired: dict[str, list[data_job.DataRun]],
                 lanes: dict[str, list[data_job.DataRun]]) -> None:
-    """Seconds per call and overhead per variant (per repetition against its one-process run); the cut."""
+    """Seconds per call and overhead per variant (each run against the one-process run just before it); the cut."""
+    plains = [p for runs in paired.values() for p in runs]
     plain_call = [p.mean_call_s for p in plains]
-    overhead = {v: common.summarize([100 * (r.mean_call_s / p - 1) for r, p in zip(runs, plain_call)])
+    overhead = {v: common.summarize([100 * (r.mean_call_s / p.mean_call_s - 1) for r, p in zip(runs, paired[v])])
                 for v, runs in lanes.items()}
     per_call = lambda runs, attr: common.summarize([getattr(r, attr) / len(r.call_s) for r in runs]).fmt()  # noqa: E731
     report.table(f"Data flywheel: seconds per call ({shape.requests_per_call} prompts x {shape.samples_per_prompt} "
                  f"samples of <= {shape.max_new_tokens} tokens, generate -> parse + score -> select, one call at a time, "
-                 f"{shape.calls} timed calls per run)", ["data side", "s/call", "overhead %", "candidates/call", "kept/call"],
+                 f"{shape.calls} timed calls per run; overhead vs the one-process run just before)",
+                 ["data side", "s/call", "overhead %", "candidates/call", "kept/call"],
                  [["one process (no Ray)", common.summarize(plain_call).fmt(), "", per_call(plains, "candidates"),
                    per_call(plains, "kept")]]
                  + [[f"data lane, {v}", common.summarize([r.mean_call_s for r in runs]).fmt(), overhead[v].fmt(),
@@ -227,18 +231,23 @@ PLAIN_STAGE = {"load weights": "load_s", "generate": "generate_s", "score": "sco
                "publish": "export_s"}
 
 
-def tables(report: common.Report, shape: grpo_job.JobShape, plains: list[grpo_job.PlainRun],
+def _step_s(run: grpo_job.PlainRun) -> float:
+    return run.wall_s / len(run.step_s)
+
+
+def tables(report: common.Report, shape: grpo_job.JobShape, paired: dict[str, list[grpo_job.PlainRun]],
            loops: dict[str, list[grpo_job.LoopRun]]) -> None:
-    """Seconds per step and overhead per variant; the per-call table; the goal."""
-    plain_step = [p.wall_s / len(p.step_s) for p in plains]
-    overhead = {v: common.summarize([100 * (r.step_s / p - 1) for r, p in zip(runs, plain_step)])
+    """Seconds per step and overhead per variant (each run against the one-process run just before it);
+    the per-call table; the goal."""
+    plains = [p for runs in paired.values() for p in runs]
+    overhead = {v: common.summarize([100 * (r.step_s / _step_s(p) - 1) for r, p in zip(runs, paired[v])])
                 for v, runs in loops.items()}
     report.table(f"Seconds per GRPO step ({shape.prompts_per_step} prompts x {shape.group_size} completions of "
-                 f"{shape.max_new_tokens} tokens, {shape.steps} timed steps per run), overhead vs one process",
-                 ["loop", "s/step", "overhead %"],
-                 [["plain process (no Ray)", common.summarize(plain_step).fmt(), ""]]
-                 + [[f"Ray loop, {v}", common.summarize([r.step_s for r in runs]).fmt(), overhead[v].fmt()]
-                    for v, runs in loops.items()])
+                 f"{shape.max_new_tokens} tokens, {shape.steps} timed steps per run), overhead vs the one-process "
+                 "run just before", ["loop", "s/step", "one process, paired", "overhead %"],
+                 [[f"Ray loop, {v}", common.summarize([r.step_s for r in runs]).fmt(),
+                   common.summarize([_step_s(p) for p in paired[v]]).fmt(), overhead[v].fmt()]
+                  for v, runs in loops.items()])
     cut = {v: [h for r in runs for h in hops.trace_hops(r.trace)] for v, runs in loops.items()}
     med = {v: hops.median_ms(steps) for v, steps in cut.items()}
     plain_ms = {name: 1000 * _median([x for p in plains for x in getattr(p, stage)])
@@ -255,11 +264,28 @@ def tables(report: common.Report, shape: grpo_job.JobShape, plains: list[grpo_jo
     report.table("Where a step's time goes: median ms per step, each call and hand-over (hops.py; one process: "
                  "its stages, publish = export only, load = load_weights)", ["hop", "kind", "one process", *loops], rows)
     report.table("What each hop is", ["hop", "from -> to"], [list(h) for h in hops.HOPS])
-    report.data |= {"plain_step_s": plain_step, "plain": [p.__dict__ for p in plains], "loop_step_s": {v: [r.step_s for r in runs] for v, runs in loops.items()},
+    cpu_table(report, loops)
+    report.data |= {"plain_step_s": {v: [_step_s(p) for p in runs] for v, runs in paired.items()},
+                    "plain": [p.__dict__ for p in plains], "loop_step_s": {v: [r.step_s for r in runs] for v, runs in loops.items()},
                    "overhead_pct": overhead, "hops_ms": med,
                    "hops_s": {v: [h.seconds for h in steps] for v, steps in cut.items()}}
     if DEFAULT in overhead:
         goal(report, overhead[DEFAULT])
+
+
+def cpu_table(report: common.Report, loops: dict[str, list[grpo_job.LoopRun]]) -> None:
+    """CPU ms per step of every process of the Ray cluster over the timed steps (proc_cpu.py), median over
+    repetitions; the rows beyond the rollout actor and the learner are what orchestration costs in CPU."""
+    per_step = {v: {} for v in loops}
+    for v, runs in loops.items():
+        names = {n for r in runs for n in r.trace.cpu_s}
+        per_step[v] = {n: _median([1000 * r.trace.cpu_s.get(n, 0.0) / r.steps for r in runs]) for n in names}
+    order = sorted({n for d in per_step.values() for n in d}, key=lambda n: -max(d.get(n, 0.0) for d in per_step.values()))
+    rows = [[n, *(f"{per_step[v].get(n, 0.0):.1f}" for v in loops)] for n in order]
+    rows.append(["all processes", *(f"{sum(per_step[v].values()):.1f}" for v in loops)])
+    report.table("CPU ms per step by process, over the timed steps (Linux counts 10 ms ticks: small rows are "
+                 "coarse)", ["process", *loops], rows)
+    report.data["cpu_ms_per_step"] = per_step
 
 
 def _median(values: list[float]) -> float:
@@ -287,14 +313,15 @@ def goal(report: common.Report, overhead: common.Stat) -> None:
     ))
 
 
-def plot(report: common.Report, plain_step: list[float], loops: dict[str, list[grpo_job.LoopRun]]) -> None:
+def plot(report: common.Report, paired: dict[str, list[grpo_job.PlainRun]],
+         loops: dict[str, list[grpo_job.LoopRun]]) -> None:
     fig, axes = common.new_figure(1)
     ax = axes[0]
-    reps = list(range(len(plain_step)))
-    ax.plot(reps, plain_step, "o-", label="plain process (no Ray)")
-    for name, runs in loops.items():
-        ax.plot(reps[:len(runs)], [r.step_s for r in runs], "s-", label=f"Ray loop, {name}")
-    ax.set(xlabel="repetition", ylabel="seconds per step", title="orchestration overhead", ylim=(0, None))
+    for k, (name, runs) in enumerate(loops.items()):
+        ax.plot(range(len(runs)), [100 * (r.step_s / _step_s(p) - 1) for r, p in zip(runs, paired[name])], "s-",
+                color=f"C{k}", label=f"Ray loop, {name}")
+    ax.axhline(GOAL_PCT, color="grey", linestyle="--", label=f"goal {GOAL_PCT:g}%")
+    ax.set(xlabel="repetition", ylabel="% over the one-process run just before", title="orchestration overhead")
     ax.legend()
     fig.tight_layout()
     fig.savefig(report.png_path(), dpi=110)
@@ -310,6 +337,8 @@ def main() -> None:
     parser.add_argument("--parts", default="grpo,data", help="grpo (the GRPO loop), data (the data flywheel's lane)")
     parser.add_argument("--data-cache", default="~/.cache/medgr2_ray", help="seed pool and tiny models (data part)")
     parser.add_argument("--g-steps", type=int, default=150, help="G's SFT steps on the seeds before the data part")
+    parser.add_argument("--settle", type=float, default=60.0,
+                        help="most seconds to wait for Ray's processes to go quiet after building a system")
     run(parser.parse_args())
 
 

@@ -52,6 +52,7 @@ import common  # noqa: E402  (sets the offline/one-thread environment before tor
 import numpy as np  # noqa: E402
 
 import grpo_job  # noqa: E402
+import proc_cpu  # noqa: E402
 from letter_reward import LETTERS, letter_reward  # noqa: E402
 from medgr2_ray.config import EngineConfig, GRPOConfig, LearnerConfig, ModelConfig  # noqa: E402
 from medgr2_ray.engines.hf import HFEngine  # noqa: E402
@@ -168,6 +169,7 @@ def run_ray(model_dir: Path, job: Job, seed: int) -> Trace:
             system.rollout.poll_ready(1.0)
             system.scorer.poll_ready(1.0)
         controller = Controller(cfg, system, requests)
+        proc_cpu.wait_quiet(timeout_s=60.0)  # set-up is excluded, as for the others: its processes' imports too
         marks = [time.perf_counter()]
         ledger = controller.run(job.steps, lambda done: marks.append(time.perf_counter()))
         controller.close()

@@ -21,7 +21,7 @@ import numpy as np
 from medgr2_ray.actors.persist import load_messages, save_messages
 from medgr2_ray.metrics import BUFFER_DEPTH, GROUPS_DROPPED_STALE, Metrics
 from medgr2_ray.types import ScoredGroup, TrainBatch
-from medgr2_ray.actors.info import actor_info, record_span
+from medgr2_ray.actors.info import actor_info, flush_spans, record_span
 from medgr2_ray.messages import ActorInfo, BufferSnapshot, BufferStats, PutReceipt, TakeResult
 
 
@@ -60,6 +60,7 @@ class RolloutBuffer:
 
     def ready(self) -> ActorInfo:
         """Liveness probe: a new pid after a restart tells the controller the buffer came back empty."""
+        flush_spans()  # the spans not yet sent (the timeline reads them next)
         return actor_info(len(self._queue))
 
     def _snapshot(self) -> BufferSnapshot:

@@ -19,7 +19,7 @@ from typing import Any
 
 import ray
 
-from medgr2_ray.actors.info import actor_info, limit_threads, record_span
+from medgr2_ray.actors.info import actor_info, flush_spans, limit_threads, record_span
 from medgr2_ray.algo.requests import resolve_images
 from medgr2_ray.config import EngineConfig, ModelConfig
 from medgr2_ray.data.images import ImageCache
@@ -59,6 +59,7 @@ class RolloutActor:
 
     def ready(self) -> ActorInfo:
         """Cheap liveness probe; resolves once the engine is built."""
+        flush_spans()  # the spans not yet sent (the timeline reads them next)
         return actor_info(self.engine.weight_version)
 
     def load_weights(self, weights: WeightVersion) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from medgr2_ray.actors.info import actor_info, limit_threads, record_span
+from medgr2_ray.actors.info import actor_info, flush_spans, limit_threads, record_span
 from medgr2_ray.messages import ActorInfo, ScoredCandidates
 from medgr2_ray.algo.rewards import extract_answer, normalize_rm_score, rule_reward
 from medgr2_ray.algo.requests import CandidateMeta, parse_candidates, resolve_images, reward_request
@@ -105,6 +105,7 @@ class ScorerActor:
 
     def ready(self) -> ActorInfo:
         """Liveness probe; resolves once the reward model is loaded."""
+        flush_spans()  # the spans not yet sent (the timeline reads them next)
         return actor_info(self.version)
 
     def load_weights(self, weights: WeightVersion) -> int:

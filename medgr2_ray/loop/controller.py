@@ -51,6 +51,7 @@ from medgr2_ray.types import GenerationRequest, SamplingParams, WeightVersion
 
 MAX_CALLS_PER_ACTOR = 2  # one running, one queued: an actor never idles between calls
 MAX_TIMINGS = 100_000  # call and step timings kept for the benchmarks (the newest)
+STATUS_EVERY_S = 1.0  # `medgr2 status` snapshots pushed to the monitor at most this often (and at the end)
 
 
 class Stage(enum.Enum):
@@ -127,6 +128,7 @@ class Controller:
         self.step_dones: deque[WorkDone] = deque(maxlen=MAX_TIMINGS)
         self.waited_s, self.driver_cpu_s = 0.0, 0.0
         self.take_after: set[Any] = set()  # puts in flight that the learner's queued step takes its batch after
+        self.status_pushed = 0.0
 
     # ------------------------------------------------------------------ the loop
     def run(self, steps: int, on_step: Callable[[int], None] | None = None) -> Ledger:
@@ -154,6 +156,7 @@ class Controller:
                 for ref in done:
                     self._on_done(ref, self.flights.pop(ref))
             self._report_steps()
+            self._push_status()
         finally:
             self.driver_cpu_s += time.thread_time() - cpu
         return self.ledger
@@ -362,7 +365,13 @@ class Controller:
             self._report(lead, done + k, waited)
             if self.on_step is not None:
                 self.on_step(done + k)
+        if self.unreported and time.perf_counter() - self.status_pushed >= STATUS_EVERY_S:
+            self._push_status()
         self.unreported.clear()
+
+    def _push_status(self) -> None:
+        self.sys.monitor.push.remote(self.status())
+        self.status_pushed = time.perf_counter()
 
     def _report(self, lead: StepReport, step: int, waited: float) -> None:
         values = {k: v for k, v in lead.metrics.items() if np.isscalar(v)}
@@ -371,7 +380,6 @@ class Controller:
                       dropped_stale=float(len(self.ledger.dropped_stale_ids)), rollout_workers=len(self.sys.rollout.members))
         if self.log is not None:
             self.log.log(step, values)
-        self.sys.monitor.push.remote(self.status())
 
     def status(self) -> LoopStatus:
         """A snapshot for `medgr2 status`."""
@@ -436,6 +444,9 @@ class Controller:
         self.ledger.published.append(self.weights.version)
 
     def close(self) -> None:
-        """Flush the run log."""
+        """Flush the run log; ask the actors to send the timeline spans they batched (not waited for)."""
+        for member in (*self.sys.rollout.members, *self.sys.scorer.members):
+            member.handle.ready.remote()
+        self.sys.buffer.ready.remote()
         if self.log is not None:
             self.log.close()
