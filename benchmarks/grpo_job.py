@@ -88,6 +88,45 @@ def job_images() -> dict[str, Any]:
     return {f"img{k}": ray.put(image) for k, image in enumerate(common.medical_images())}
 
 
+# How the loop submits its calls (orchestration_overhead.py compares them): variant -> (loop config
+# overrides, the learner's item queued with a blocking round trip to its feed). `driver`: every call
+# through the driver, as before issue 17; `ahead`: the loop as it runs by default.
+VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
+    "driver": ({"chain_calls": False, "take_ahead": False}, True),
+    "feed": ({"chain_calls": False, "take_ahead": False}, False),
+    "chain": ({"chain_calls": True, "take_ahead": False}, False),
+    "ahead": ({"chain_calls": True, "take_ahead": True}, False),
+}
+
+
+def blocking_feed(on: bool) -> None:
+    """Queue learner items as the loop did before: wait for the feed's answer, then ask for the result."""
+    import ray
+
+    from medgr2_ray.actors.learner_host import LearnerHost
+
+    original = getattr(LearnerHost.start, "__wrapped__", LearnerHost.start)
+    if not on:
+        LearnerHost.start = original  # type: ignore[method-assign]
+        return
+
+    def start(self: LearnerHost, work: Any) -> Any:
+        return self.result_ref(int(ray.get(self.feed.submit.remote(work, self._index()))))
+
+    start.__wrapped__ = original  # type: ignore[attr-defined]
+    LearnerHost.start = start  # type: ignore[method-assign]
+
+
+def run_variant(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int, variant: str) -> "LoopRun":
+    """`run_loop` with one of `VARIANTS`."""
+    overrides, blocking = VARIANTS[variant]
+    blocking_feed(blocking)
+    try:
+        return run_loop(shape, max_staleness, policy_dir, seed, overrides)
+    finally:
+        blocking_feed(False)
+
+
 @dataclass
 class LoopTrace:
     """What the timed steps of a loop run left behind: the controller's calls (submit and finish as the

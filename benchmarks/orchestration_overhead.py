@@ -45,37 +45,13 @@ import common  # noqa: E402  (sets the offline/one-thread environment before tor
 import data_job  # noqa: E402
 import grpo_job  # noqa: E402
 import hops  # noqa: E402
+import proc_cpu  # noqa: E402
 from medgr2_ray.config import ModelConfig  # noqa: E402
 from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
 
-# variant -> (loop config overrides, the learner's item queued with a blocking round trip to its feed)
-VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
-    "driver": ({"chain_calls": False, "take_ahead": False}, True),
-    "feed": ({"chain_calls": False, "take_ahead": False}, False),
-    "chain": ({"chain_calls": True, "take_ahead": False}, False),
-    "ahead": ({"chain_calls": True, "take_ahead": True}, False),
-}
+VARIANTS, blocking_feed = grpo_job.VARIANTS, grpo_job.blocking_feed
 DEFAULT = "ahead"  # the loop as it runs by default
 GOAL_PCT = 3.0
-
-
-def blocking_feed(on: bool) -> None:
-    """Queue learner items as the loop did before: wait for the feed's answer, then ask for the result."""
-    import ray
-
-    from medgr2_ray.actors.learner_host import LearnerHost
-
-    original = getattr(LearnerHost.start, "__wrapped__", LearnerHost.start)
-    if not on:
-        LearnerHost.start = original  # type: ignore[method-assign]
-        return
-
-    def start(self: LearnerHost, work: Any) -> Any:
-        return self.result_ref(int(ray.get(self.feed.submit.remote(work, self._index()))))
-
-    start.__wrapped__ = original  # type: ignore[attr-defined]
-    LearnerHost.start = start  # type: ignore[method-assign]
-
 
 DATA_VARIANTS: dict[str, dict[str, Any]] = {"driver": {"chain_calls": False}, "chain": {"chain_calls": True}}
 
@@ -119,12 +95,9 @@ def run_grpo(args: argparse.Namespace, report: common.Report, variants: list[str
         for name in variants if rep % 2 == 0 else variants[::-1]:
             # Each loop run right after its own one-process run: the load drifts between runs.
             plains[name].append(grpo_job.run_plain(shape, policy_dir, seed=rep))
-            overrides, blocking = VARIANTS[name]
-            blocking_feed(blocking)
-            loops[name].append(grpo_job.run_loop(shape, 0, policy_dir, seed=rep, loop=overrides))
+            loops[name].append(grpo_job.run_variant(shape, 0, policy_dir, rep, name))
             print(f"rep {rep}: {name} {loops[name][-1].step_s:.3f} s/step, one process "
                   f"{plains[name][-1].wall_s / len(plains[name][-1].step_s):.3f} s/step", flush=True)
-    blocking_feed(False)
     tables(report, shape, plains, loops)
     plot(report, plains, loops)
 
@@ -264,28 +237,14 @@ def tables(report: common.Report, shape: grpo_job.JobShape, paired: dict[str, li
     report.table("Where a step's time goes: median ms per step, each call and hand-over (hops.py; one process: "
                  "its stages, publish = export only, load = load_weights)", ["hop", "kind", "one process", *loops], rows)
     report.table("What each hop is", ["hop", "from -> to"], [list(h) for h in hops.HOPS])
-    cpu_table(report, loops)
+    proc_cpu.report_cpu(report, {v: [r.trace.cpu_s for r in runs] for v, runs in loops.items()},
+                        {v: [r.steps for r in runs] for v, runs in loops.items()})
     report.data |= {"plain_step_s": {v: [_step_s(p) for p in runs] for v, runs in paired.items()},
                     "plain": [p.__dict__ for p in plains], "loop_step_s": {v: [r.step_s for r in runs] for v, runs in loops.items()},
                    "overhead_pct": overhead, "hops_ms": med,
                    "hops_s": {v: [h.seconds for h in steps] for v, steps in cut.items()}}
     if DEFAULT in overhead:
         goal(report, overhead[DEFAULT])
-
-
-def cpu_table(report: common.Report, loops: dict[str, list[grpo_job.LoopRun]]) -> None:
-    """CPU ms per step of every process of the Ray cluster over the timed steps (proc_cpu.py), median over
-    repetitions; the rows beyond the rollout actor and the learner are what orchestration costs in CPU."""
-    per_step = {v: {} for v in loops}
-    for v, runs in loops.items():
-        names = {n for r in runs for n in r.trace.cpu_s}
-        per_step[v] = {n: _median([1000 * r.trace.cpu_s.get(n, 0.0) / r.steps for r in runs]) for n in names}
-    order = sorted({n for d in per_step.values() for n in d}, key=lambda n: -max(d.get(n, 0.0) for d in per_step.values()))
-    rows = [[n, *(f"{per_step[v].get(n, 0.0):.1f}" for v in loops)] for n in order]
-    rows.append(["all processes", *(f"{sum(per_step[v].values()):.1f}" for v in loops)])
-    report.table("CPU ms per step by process, over the timed steps (Linux counts 10 ms ticks: small rows are "
-                 "coarse)", ["process", *loops], rows)
-    report.data["cpu_ms_per_step"] = per_step
 
 
 def _median(values: list[float]) -> float:

@@ -77,3 +77,19 @@ def wait_quiet(threshold_cores: float = 0.15, window_s: float = 1.0, timeout_s: 
         used = sum(per_name(before, cpu_seconds(procs)).values())
         quiet = quiet + 1 if used < threshold_cores * window_s else 0
     return time.perf_counter() - start
+
+
+def report_cpu(report: Any, cpu_s: dict[str, list[dict[str, float]]], steps: dict[str, list[int]]) -> None:
+    """A table of CPU ms per step by process for each column (runs' `per_name` over their timed steps,
+    median over runs); the rows beyond the rollout actor and the learner are what orchestration and Ray
+    itself cost in CPU."""
+    import statistics
+
+    per_step = {col: {n: statistics.median([1000 * c.get(n, 0.0) / k for c, k in zip(runs, steps[col])])
+                      for n in {n for c in runs for n in c}} for col, runs in cpu_s.items() if runs}
+    order = sorted({n for d in per_step.values() for n in d}, key=lambda n: -max(d.get(n, 0.0) for d in per_step.values()))
+    rows = [[n, *(f"{per_step[c].get(n, 0.0):.1f}" for c in per_step)] for n in order]
+    rows.append(["all processes", *(f"{sum(per_step[c].values()):.1f}" for c in per_step)])
+    report.table("CPU ms per step by process of the Ray cluster, over the timed steps (median over repetitions; "
+                 "Linux counts 10 ms ticks, so small rows are coarse)", ["process", *per_step], rows)
+    report.data["cpu_ms_per_step"] = per_step

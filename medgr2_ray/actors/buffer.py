@@ -7,6 +7,10 @@ naming every dropped group. The buffer is bounded: a `put` that would exceed the
 whole with `BufferFull` (the controller's back-pressure should make that impossible, so it is a loud bug,
 not a silent drop). A group id is accepted once per run: duplicates are refused and counted, so a
 re-issued request can never be trained twice. `save`/`load` persist it (JSON + safetensors, no pickle).
+A `take` may name puts it must follow (Ray runs it once they finished): the controller queues a learner
+step before its groups exist, and the batch is taken the moment the last of them arrives (`exact`: all
+or nothing). Calls run in the order their arguments are ready (a put chained on a score still running
+never holds up the calls behind it).
 """
 
 from __future__ import annotations
