@@ -1,8 +1,11 @@
 """One GRPO job, run two ways, shared by async_vs_sync.py and orchestration_overhead.py:
 
-* `run_loop`: the Ray system (`actors.system.ActorSystem` + `loop.controller.Controller`): one policy
-  rollout actor, one scorer actor (accuracy reward only: `reward.alpha = 0`, so no reward model), one
-  learner rank, the rollout buffer; `grpo.max_staleness` decides sync (0) or async (>= 1).
+* `run_loop`: the Ray system (`actors.system.ActorSystem` + `loop.controller.Controller`), as the main
+  job runs it: one policy rollout actor, one scorer actor (accuracy reward only: `reward.alpha = 0`, so
+  no reward model), one learner rank hosted by Ray Train, the rollout buffer, the monitor; requests name
+  their images by id (the pixels were put in the object store once, as `grpo_stage.run_grpo` does);
+  `grpo.max_staleness` decides sync (0) or async (>= 1); `loop` overrides pick how calls are chained.
+  It keeps what the controller and the actors recorded about every call (`LoopTrace`).
 * `run_plain`: the same steps in one Python process without Ray: `HFEngine.generate` -> the scorer's
   reward functions -> `PolicyLearner.grpo_step` -> `export_weights` -> `HFEngine.load_weights`, with each
   stage timed, which gives the stage times the theoretical limits are computed from.
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 import common
+import proc_cpu
 from medgr2_ray.config import Config
 from medgr2_ray.types import GenerationRequest, Modality, Sample, TaskType
 
@@ -38,9 +42,14 @@ class JobShape:
     max_new_tokens: int
     steps: int
     warmup_steps: int = 2
+    # Wait after the actor system is up until Ray's processes are quiet (at most this many seconds), before
+    # the warm-up steps: building it starts a dozen processes (Ray Train's controller and helpers, the
+    # actors) that import for seconds, and the last system's are still exiting; their CPU made the first
+    # steps after a build up to twice as long (measured). 0: no wait.
+    settle_s: float = 0.0
 
 
-def job_config(shape: JobShape, max_staleness: int, seed: int = 0) -> Config:
+def job_config(shape: JobShape, max_staleness: int, seed: int = 0, loop: dict[str, Any] | None = None) -> Config:
     """The system config of the job (1 rollout actor, 1 scorer, 1 learner rank, 1 torch thread each)."""
     per_step = shape.prompts_per_step
     return Config.model_validate({
@@ -54,20 +63,82 @@ def job_config(shape: JobShape, max_staleness: int, seed: int = 0) -> Config:
                  "buffer_size": 4 * per_step},
         "reward": {"alpha": 0.0, "beta": 1.0},
         # One generate call per step's prompts: the plain loop makes the same single call.
-        "loop": {"requests_per_call": per_step, "checkpoint_every": 0},
+        "loop": {"requests_per_call": per_step, "checkpoint_every": 0, **(loop or {})},
     })
 
 
-def job_requests(num: int) -> list[GenerationRequest]:
-    """CT and MR prompts (alternating), each with the `Sample` the scorer checks answers against."""
+def job_requests(num: int, by_id: bool = False) -> list[GenerationRequest]:
+    """CT and MR prompts (alternating), each with the `Sample` the scorer checks answers against; the
+    pixels in the request, or (`by_id`) the image's id (`job_images` holds the pixels)."""
     images = common.medical_images()
     out = []
     for i in range(num):
         modality, answer = (Modality.CT, "CT") if i % 2 == 0 else (Modality.MR, "MR")
         sample = Sample(f"s{i}", f"img{i % 2}", f"img{i % 2}.png", QUESTION, ("CT", "MR"), answer,
                         TaskType.MODALITY, modality)
-        out.append(GenerationRequest(f"p{i}", QUESTION, (images[i % 2],), sample=sample))
+        pixels = {"image_ids": (f"img{i % 2}",)} if by_id else {"images": (images[i % 2],)}
+        out.append(GenerationRequest(f"p{i}", QUESTION, sample=sample, **pixels))
     return out
+
+
+def job_images() -> dict[str, Any]:
+    """The prompts' pixels in the object store, by image id (put once, read by every actor)."""
+    import ray
+
+    return {f"img{k}": ray.put(image) for k, image in enumerate(common.medical_images())}
+
+
+# How the loop submits its calls (orchestration_overhead.py compares them): variant -> (loop config
+# overrides, the learner's item queued with a blocking round trip to its feed). `driver`: every call
+# through the driver, as before issue 17; `ahead`: the loop as it runs by default.
+VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
+    "driver": ({"chain_calls": False, "take_ahead": False}, True),
+    "feed": ({"chain_calls": False, "take_ahead": False}, False),
+    "chain": ({"chain_calls": True, "take_ahead": False}, False),
+    "ahead": ({"chain_calls": True, "take_ahead": True}, False),
+}
+
+
+def blocking_feed(on: bool) -> None:
+    """Queue learner items as the loop did before: wait for the feed's answer, then ask for the result."""
+    import ray
+
+    from medgr2_ray.actors.learner_host import LearnerHost
+
+    original = getattr(LearnerHost.start, "__wrapped__", LearnerHost.start)
+    if not on:
+        LearnerHost.start = original  # type: ignore[method-assign]
+        return
+
+    def start(self: LearnerHost, work: Any) -> Any:
+        return self.result_ref(int(ray.get(self.feed.submit.remote(work, self._index()))))
+
+    start.__wrapped__ = original  # type: ignore[attr-defined]
+    LearnerHost.start = start  # type: ignore[method-assign]
+
+
+def run_variant(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int, variant: str) -> "LoopRun":
+    """`run_loop` with one of `VARIANTS`."""
+    overrides, blocking = VARIANTS[variant]
+    blocking_feed(blocking)
+    try:
+        return run_loop(shape, max_staleness, policy_dir, seed, overrides)
+    finally:
+        blocking_feed(False)
+
+
+@dataclass
+class LoopTrace:
+    """What the timed steps of a loop run left behind: the controller's calls (submit and finish as the
+    driver saw them), rank 0's report of each step (from the last warm-up step on), the actors' spans,
+    and the driver's own seconds (waiting, and CPU) over the timed steps."""
+
+    calls: list[Any]
+    step_dones: list[Any]
+    spans: list[Any]
+    driver_wait_s: float
+    driver_cpu_s: float
+    cpu_s: dict[str, float]  # CPU seconds of the timed steps, by process (proc_cpu.py)
 
 
 @dataclass
@@ -80,6 +151,7 @@ class LoopRun:
     samples: int
     staleness: list[int]
     dropped_stale: int
+    trace: LoopTrace | None = None
 
     @property
     def samples_per_s(self) -> float:
@@ -90,28 +162,44 @@ class LoopRun:
         return self.wall_s / self.steps
 
 
-def run_loop(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int = 0) -> LoopRun:
+def run_loop(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int = 0,
+             loop: dict[str, Any] | None = None) -> LoopRun:
     """Build the actor system, run the warm-up steps, then time `shape.steps` more; always shuts down."""
+    import ray
+
     from medgr2_ray.actors.system import ActorSystem
     from medgr2_ray.loop.controller import Controller
 
-    cfg = job_config(shape, max_staleness, seed)
-    system = ActorSystem.build(cfg, policy_dir)
+    cfg = job_config(shape, max_staleness, seed, loop)
+    system = ActorSystem.build(cfg, policy_dir, images=job_images())
     try:
         while system.rollout.num_ready < 1 or system.scorer.num_ready < 1:
             system.rollout.poll_ready(1.0)
             system.scorer.poll_ready(1.0)
-        controller = Controller(cfg, system, job_requests(4 * shape.prompts_per_step))
+        controller = Controller(cfg, system, job_requests(4 * shape.prompts_per_step, by_id=True))
+        if shape.settle_s > 0:
+            proc_cpu.wait_quiet(timeout_s=shape.settle_s)
         controller.run(shape.warmup_steps)
         trained_before = len(controller.ledger.trained_ids)
         stale_before = len(controller.ledger.staleness)
+        ray.get(system.monitor.drain_spans.remote())
+        # From the last warm-up step's result on: the first timed step starts there.
+        calls_before, dones_before = len(controller.calls) - 1, len(controller.step_dones) - 1
+        waited, cpu = controller.waited_s, controller.driver_cpu_s
+        procs = proc_cpu.ray_processes()
+        cpu_before = proc_cpu.cpu_seconds(procs)
         start = time.perf_counter()
         ledger = controller.run(shape.warmup_steps + shape.steps)
         wall = time.perf_counter() - start
-        controller.close()
+        cpu_s = proc_cpu.per_name(cpu_before, proc_cpu.cpu_seconds(procs))
+        controller.close()  # the actors send the spans they batched
+        time.sleep(1.0)  # fire-and-forget calls to the monitor
+        trace = LoopTrace(list(controller.calls)[calls_before:], list(controller.step_dones)[dones_before:],
+                          ray.get(system.monitor.drain_spans.remote()), controller.waited_s - waited,
+                          controller.driver_cpu_s - cpu, cpu_s)
         trained = len(ledger.trained_ids) - trained_before
         return LoopRun(max_staleness, wall, shape.steps, trained * shape.group_size, ledger.staleness[stale_before:],
-                       len(ledger.dropped_stale_ids))
+                       len(ledger.dropped_stale_ids), trace)
     finally:
         system.shutdown()
 
@@ -188,7 +276,8 @@ def run_plain(shape: JobShape, policy_dir: Path, seed: int = 0) -> PlainRun:
 
 
 def ray_init(num_cpus: int = 4) -> None:
-    """A local Ray cluster whose workers suppress vision tokens in the HF engine (common.py says why)."""
+    """A local Ray cluster whose workers suppress vision tokens in the HF engine (common.py says why; the
+    patch is applied in a worker only if it imports the engine)."""
     import os
 
     import ray
@@ -197,5 +286,5 @@ def ray_init(num_cpus: int = 4) -> None:
     env = {"PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, namespace="medgr2-bench",
-             object_store_memory=1 << 30,
-             runtime_env={"env_vars": env, "worker_process_setup_hook": "common.suppress_vision_tokens"})
+             object_store_memory=1 << 30, _system_config=common.RAY_SYSTEM_CONFIG,
+             runtime_env={"env_vars": env, "worker_process_setup_hook": "common.suppress_vision_tokens_on_import"})

@@ -212,6 +212,10 @@ class RewardConfig(_Section):
     """Lowest reward-model score (maps to 0)."""
     r_max: float = 10.0
     """Highest reward-model score (maps to 1)."""
+    rule: str = Field("accuracy", pattern=r"^(accuracy|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+    """The rule-based term `beta` weighs: `accuracy` (the completion's extracted answer equals the
+    sample's), or `package.module:function`, a user's own rule, TRL style: a plain function
+    (samples, completions) -> list[float], imported where the scorers run (so importable there)."""
 
 
 class GradedDataConfig(_Section):
@@ -296,6 +300,14 @@ class LoopConfig(_Section):
     """Checkpoint the learner, buffer and data cursor every N steps (0: only at the end)."""
     poll_s: float = Field(0.5, gt=0.0)
     """Longest the controller sleeps waiting for any actor before re-checking scaling."""
+    chain_calls: bool = True
+    """Submit a prompt's calls together, each taking the previous one's result ref (GRPO: generate ->
+    score -> buffer put; data side: generate -> score), so Ray hands each result on without waiting for
+    the controller; False: each call once the controller has seen the previous one finish."""
+    take_ahead: bool = True
+    """Queue GRPO's next learner step as soon as the learner is free, its batch taken by the buffer right
+    after the puts that bring its groups (not with `grpo.dynamic_sampling`, whose refusals cannot be
+    known ahead); False: once the controller has seen the groups arrive."""
 
 
 class CycleConfig(_Section):

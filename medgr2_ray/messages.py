@@ -110,6 +110,16 @@ class Span:
 
 
 @dataclass(frozen=True)
+class CallTime:
+    """One remote call a loop made: what it was, when the loop submitted it and when it saw it finish
+    (wall-clock seconds, as `Span`s): with the actors' spans, where each step's time went."""
+
+    stage: str  # "generate", "score", "put", "learn", "offer"
+    submitted: float
+    observed: float
+
+
+@dataclass(frozen=True)
 class PoolStatus:
     """One actor pool: members, how many are started, calls in flight."""
 

@@ -7,19 +7,25 @@ naming every dropped group. The buffer is bounded: a `put` that would exceed the
 whole with `BufferFull` (the controller's back-pressure should make that impossible, so it is a loud bug,
 not a silent drop). A group id is accepted once per run: duplicates are refused and counted, so a
 re-issued request can never be trained twice. `save`/`load` persist it (JSON + safetensors, no pickle).
+A `take` may name puts it must follow (Ray runs it once they finished): the controller queues a learner
+step before its groups exist, and the batch is taken the moment the last of them arrives (`exact`: all
+or nothing). Calls run in the order their arguments are ready (a put chained on a score still running
+never holds up the calls behind it).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from medgr2_ray.actors.persist import load_messages, save_messages
 from medgr2_ray.metrics import BUFFER_DEPTH, GROUPS_DROPPED_STALE, Metrics
 from medgr2_ray.types import ScoredGroup, TrainBatch
-from medgr2_ray.actors.info import actor_info
+from medgr2_ray.actors.info import actor_info, flush_spans, record_span
 from medgr2_ray.messages import ActorInfo, BufferSnapshot, BufferStats, PutReceipt, TakeResult
 
 
@@ -27,12 +33,8 @@ class BufferFull(RuntimeError):
     """A put would exceed the buffer's capacity (the producer ignored back-pressure)."""
 
 
-
-
-
-
-
-
+class ShortBatch(RuntimeError):
+    """An exact take found fewer fresh groups than asked for (some it waited for were refused)."""
 
 
 def _uniform(group: ScoredGroup) -> bool:
@@ -44,7 +46,7 @@ def _uniform(group: ScoredGroup) -> bool:
 class RolloutBuffer:
     """Bounded FIFO of `ScoredGroup`s tagged with weight versions (see the module docstring)."""
 
-    def __init__(self, capacity: int, drop_uniform: bool = False) -> None:
+    def __init__(self, capacity: int, drop_uniform: bool = False, monitor: Any = None) -> None:
         if capacity < 1:
             raise ValueError(f"RolloutBuffer capacity must be >= 1, got {capacity} (grpo.buffer_size)")
         self.capacity = capacity
@@ -57,9 +59,12 @@ class RolloutBuffer:
         self._duplicates: list[str] = []
         self._seq = 0
         self._metrics = Metrics()
+        self._monitor = monitor  # the run's LoopMonitor: put and take spans for the timeline, if any
+        self._name = actor_info(0).name or "RolloutBuffer"
 
     def ready(self) -> ActorInfo:
         """Liveness probe: a new pid after a restart tells the controller the buffer came back empty."""
+        flush_spans()  # the spans not yet sent (the timeline reads them next)
         return actor_info(len(self._queue))
 
     def _snapshot(self) -> BufferSnapshot:
@@ -72,6 +77,7 @@ class RolloutBuffer:
         With `drop_uniform` (GRPO's dynamic sampling, as in DAPO) a group whose rewards are all equal is
         refused and counted here, before it takes a place: its advantages would all be zero, and the
         controller keeps generating until a step's batch is full of groups that carry signal."""
+        start = time.time()
         uniform = tuple(g.group_id for g in groups if self.drop_uniform and g.group_id not in self._seen
                         and _uniform(g))
         self._uniform.extend(uniform)
@@ -89,15 +95,26 @@ class RolloutBuffer:
         self._seen.update(g.group_id for g in fresh)
         self._duplicates.extend(dup_ids)
         self._metrics.record(BUFFER_DEPTH, len(self._queue))
-        return PutReceipt(tuple(g.weight_version for g in fresh), dup_ids, len(self._queue), self._snapshot(), uniform,
-                          tuple(g.group_id for g in fresh))
+        receipt = PutReceipt(tuple(g.weight_version for g in fresh), dup_ids, len(self._queue), self._snapshot(),
+                             uniform, tuple(g.group_id for g in fresh))
+        record_span(self._monitor, self._name, "put", start)
+        return receipt
 
-    def take(self, n: int, learner_version: int, max_staleness: int) -> TakeResult:
+    def take(self, n: int, learner_version: int, max_staleness: int, *after: Any, exact: bool = False) -> TakeResult:
         """The oldest `n` fresh groups (fewer if fewer exist), after dropping every too-stale one.
 
         The batch is ordered by group id, not arrival, so that which actor finished first cannot change
         the learner's summation order (the synchronous mode is then reproducible run to run).
+
+        `after`: the refs of puts this take must follow. Ray runs the take only once they have finished,
+        so the controller can queue a learner step before its groups exist, on the puts that will bring
+        them (no round trip through the controller between the last put and the take). `exact`: fewer
+        than `n` fresh groups (a put it waited for was refused) raises `ShortBatch` and takes nothing.
         """
+        start = time.time()
+        fresh = sum(1 for g in self._queue if learner_version - g.weight_version <= max_staleness)
+        if exact and fresh < n:
+            raise ShortBatch(f"RolloutBuffer holds {fresh} fresh groups, {n} were asked for exactly")
         dropped = [g.group_id for g in self._queue if learner_version - g.weight_version > max_staleness]
         if dropped:
             self._queue = deque(g for g in self._queue if learner_version - g.weight_version <= max_staleness)
@@ -107,7 +124,9 @@ class RolloutBuffer:
         self._taken += len(chosen)
         self._metrics.record(BUFFER_DEPTH, len(self._queue))
         chosen.sort(key=lambda g: g.group_id)
-        return TakeResult(TrainBatch(tuple(chosen), learner_version), tuple(dropped), self._snapshot())
+        result = TakeResult(TrainBatch(tuple(chosen), learner_version), tuple(dropped), self._snapshot())
+        record_span(self._monitor, self._name, "take", start)
+        return result
 
     def stats(self) -> BufferStats:
         """Current depth and versions, and run-long counters."""

@@ -4,7 +4,10 @@ The controller `submit`s typed work items (`messages.Work`: a training step whos
 ref, publish, save, checkpoint, stop); every rank of the learner's worker group pulls item i with
 `next(rank, i)`, runs it (collectives stay in lock-step because all ranks run the same items in the same
 order) and reports a `WorkDone` with `complete`. The controller waits on `result(i)`, an object ref that
-resolves once every rank has reported, so it can `ray.wait` on learner steps like on any other call.
+resolves once every rank has reported, so it can `ray.wait` on learner steps like on any other call;
+`run(i, work)` is both in one call (one message, no answer to wait for before the result's ref exists).
+The caller numbers its items itself (0, 1, 2, ...): it never waits for the feed to hand out an index,
+and since an async actor may run calls out of order, the index, not the arrival order, places an item.
 
 Restarts. The feed outlives the learner's worker group. Every few items the group writes a checkpoint
 and tells the feed where (`covered`); when Ray Train restarts a dead group (`FailureConfig`), the new
@@ -50,13 +53,20 @@ class LearnerFeed:
         self._changed = asyncio.Event()
 
     # ------------------------------------------------------------ controller side
-    def submit(self, work: Work) -> int:
-        """Queue one item; returns its index."""
-        index = self._next
+    def submit(self, work: Work, index: int | None = None) -> int:
+        """Queue one item at `index` (None: the next free one); returns its index."""
+        index = self._next if index is None else index
+        if index < self._covered or index in self._work or index in self._done:
+            raise ValueError(f"{self.name}: item {index} was submitted before")
         self._work[index] = work
-        self._next += 1
+        self._next = max(self._next, index + 1)
         self._notify()
         return index
+
+    async def run(self, index: int, work: Work) -> list[WorkDone]:
+        """`submit(work, index)` and `result(index)` in one call."""
+        self.submit(work, index)
+        return await self.result(index)
 
     async def result(self, index: int) -> list[WorkDone]:
         """Every rank's report of item `index` (rank order), once all have reported."""

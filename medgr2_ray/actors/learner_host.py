@@ -15,8 +15,11 @@ items writes an exact checkpoint (the two newest are kept) and records it in the
 (`sync.weights.publish_weights`); objects a worker puts die with it, so after a restart it publishes
 again at once, above the newest version the feed has seen (versions only grow).
 
-`LearnerHost` is the driver's handle: `submit` returns the index whose `result_ref` the controller can
-`ray.wait` on; `run` submits and waits; `latest` is the newest published `WeightVersion`. `fit()` runs
+`LearnerHost` is the driver's handle: `start` queues an item and returns the ref of its result, which the
+controller can `ray.wait` on (`submit` + `result_ref` in one call; neither waits for the feed); `run`
+submits and waits; `latest` is the newest published `WeightVersion`. A training step's `WorkDone`
+carries `batch_wait_s` (how long its batch took to arrive: the item may be queued before the batch
+exists) and `publish_s` beside the recipe's metrics. `fit()` runs
 inside a Ray task, so the driver stays free, and a learner that fails for good surfaces as that task's
 error (`check`).
 """
@@ -96,18 +99,21 @@ def _execute(learner: Any, work: Work, ctx: Any, rank: int) -> tuple[dict[str, f
     from medgr2_ray.learner.recipes import run_recipe
 
     if isinstance(work, TrainWork):
-        before = int(learner.version)
+        before, start = int(learner.version), time.perf_counter()
         try:
             batch = ray.get(work.batch)
-        except ray.exceptions.RayError as exc:  # the store or buffer died making it: the controller redoes it
+        except ray.exceptions.RayError as exc:  # its producer died, or the batch came up short: redone
             return {}, None, None, {"error": f"{type(exc).__name__}: the batch is lost"}
+        waited = time.perf_counter() - start  # the item may be queued before its batch exists
         try:
             outcome = run_recipe(learner, work.recipe, batch, work.step, ctx)
         except ValueError as exc:  # a batch the recipe cannot use: skipped and counted, never the run's end
             return {"skipped": 1.0}, None, None, {"skipped": f"{work.recipe.value} step {work.step}: {exc}"}
         # A skipped step (nothing informative to train on) leaves the weights as they are: nothing to publish.
+        start = time.perf_counter()
         weights = _publish(learner, rank) if work.publish and int(learner.version) != before else None
-        return outcome.metrics, weights, outcome.report, {}
+        timing = {"batch_wait_s": waited, "publish_s": time.perf_counter() - start}
+        return {**outcome.metrics, **timing}, weights, outcome.report, {}
     if isinstance(work, PublishWork):
         return {}, _publish(learner, rank), None, {}
     if isinstance(work, SaveWork):
@@ -175,8 +181,10 @@ def learner_loop(config: dict[str, Any]) -> None:  # runs in every Ray Train wor
         error, skipped = extra.pop("error", None), extra.pop("skipped", None)
         if skipped is not None and rank == 0:
             print(f"[{spec.name}] skipped {skipped}", flush=True)
-        ray.get(feed.complete.remote(WorkDone(index, rank, int(learner.version), metrics, started, time.time(),
-                                              weights, report, extra, error)))
+        # Not waited on: the feed records reports in any order, and a report lost with a dying worker is
+        # redone by its successor (items after the checkpoint are redone), so nothing waits for the answer.
+        feed.complete.remote(WorkDone(index, rank, int(learner.version), metrics, started, time.time(), weights,
+                                      report, extra, error))
         index += 1
         if spec.checkpoint_every and index % spec.checkpoint_every == 0:
             _checkpoint(learner, spec, index, rank, feed)
@@ -203,6 +211,7 @@ class LearnerHost:
         from medgr2_ray.actors.feed import LearnerFeed
 
         self.spec, self.name = spec, spec.name
+        self._next_index = 0
         storage = Path(spec.storage)
         if fresh:  # Ray Train restores any snapshot under the same name: a new run must not continue an old one
             shutil.rmtree(storage / spec.name, ignore_errors=True)
@@ -220,9 +229,20 @@ class LearnerHost:
         )
         self.fit_ref = ray.remote(_fit).options(num_cpus=0, max_retries=0, name=f"{spec.name}-fit").remote(trainer)
 
+    def _index(self) -> int:
+        # Items are numbered here, so queueing one never waits for the feed's answer.
+        index, self._next_index = self._next_index, self._next_index + 1
+        return index
+
     def submit(self, work: Work) -> int:
-        """Queue one item; returns its index."""
-        return int(ray.get(self.feed.submit.remote(work)))
+        """Queue one item (not waited for); returns its index."""
+        index = self._index()
+        self.feed.submit.remote(work, index)
+        return index
+
+    def start(self, work: Work) -> Any:
+        """Queue one item and return the ref of every rank's `WorkDone` for it: one call, nothing waited for."""
+        return self.feed.run.remote(self._index(), work)
 
     def result_ref(self, index: int) -> Any:
         """An object ref resolving to every rank's `WorkDone` for item `index`."""
@@ -230,7 +250,7 @@ class LearnerHost:
 
     def run(self, work: Work, timeout_s: float | None = None) -> list[WorkDone]:
         """Submit one item and wait for it (raises `LearnerError` if the learner died for good meanwhile)."""
-        ref = self.result_ref(self.submit(work))
+        ref = self.start(work)
         done, _ = ray.wait([ref, self.fit_ref], num_returns=1, timeout=timeout_s)
         if ref in done:
             return ray.get(ref)

@@ -43,6 +43,9 @@ class WorkerPool:
     actor_cls: type
     config: PoolConfig
     make_spec: Callable[[int], Any]
+    # Run calls in the order their arguments become ready, not the order they were sent: a call chained
+    # on an unfinished one (score on a generate) must not hold up calls queued behind it.
+    out_of_order: bool = False
     members: list[Member] = field(default_factory=list)
     _next_index: int = 0
     _metrics: Metrics = field(default_factory=Metrics)
@@ -56,6 +59,7 @@ class WorkerPool:
             resources=dict(cfg.resources) or None,
             max_restarts=cfg.max_restarts,
             max_task_retries=0,  # the controller re-issues failed work itself, exactly once
+            allow_out_of_order_execution=self.out_of_order,
         )
         # The spec goes through the object store with a reference this pool keeps: Ray frees an actor's
         # stored constructor arguments once it is created, and a restart after that could not rebuild it.

@@ -19,7 +19,7 @@ from typing import Any
 
 import ray
 
-from medgr2_ray.actors.info import actor_info, limit_threads, record_span
+from medgr2_ray.actors.info import actor_info, flush_spans, limit_threads, record_span
 from medgr2_ray.algo.requests import resolve_images
 from medgr2_ray.config import EngineConfig, ModelConfig
 from medgr2_ray.data.images import ImageCache
@@ -59,6 +59,7 @@ class RolloutActor:
 
     def ready(self) -> ActorInfo:
         """Cheap liveness probe; resolves once the engine is built."""
+        flush_spans()  # the spans not yet sent (the timeline reads them next)
         return actor_info(self.engine.weight_version)
 
     def load_weights(self, weights: WeightVersion) -> int:
@@ -75,6 +76,7 @@ class RolloutActor:
         start = time.time()
         if weights is not None and weights.version > self.engine.weight_version:
             self.load_weights(weights)
+            record_span(self.spec.monitor, self.name, "load_weights", start)  # inside the generate span
         rollouts = self.engine.generate([resolve_images(r, self.images) for r in requests], sampling)
         seconds = time.time() - start
         tokens = sum(len(r.completion_token_ids) for r in rollouts)

@@ -1,7 +1,8 @@
 """ScorerActor: batched reward-model inference that turns rollouts into scored groups.
 
 For each completion a' of a question q about image x, MedGR²'s GRPO reward is
-`alpha * norm(R(x, q, a')) + beta * 1[extract(a') == answer]` (`algo.rewards.combined_reward`). R reads
+`alpha * norm(R(x, q, a')) + beta * 1[extract(a') == answer]` (`algo.rewards.combined_reward`; the
+rule-based term is `reward.rule`, accuracy unless a user names their own function). R reads
 the sample rendered with a' as its answer (`prompts.reward_prompt`), all completions of a call in
 micro-batches. With `reward.alpha == 0` R cannot change any reward, so no reward model is loaded (the
 accuracy-only ablation, and CPU tests). A completion R cannot score (NaN) or a request without a sample
@@ -26,9 +27,9 @@ from typing import Any
 import numpy as np
 import ray
 
-from medgr2_ray.actors.info import actor_info, limit_threads, record_span
+from medgr2_ray.actors.info import actor_info, flush_spans, limit_threads, record_span
 from medgr2_ray.messages import ActorInfo, ScoredCandidates
-from medgr2_ray.algo.rewards import accuracy_reward, extract_answer, normalize_rm_score
+from medgr2_ray.algo.rewards import extract_answer, normalize_rm_score, rule_reward
 from medgr2_ray.algo.requests import CandidateMeta, parse_candidates, resolve_images, reward_request
 from medgr2_ray.config import ModelConfig, RewardConfig
 from medgr2_ray.data.images import ImageCache
@@ -83,6 +84,7 @@ class ScorerActor:
     def __init__(self, spec: ScorerSpec) -> None:
         limit_threads(spec.torch_threads)
         self.spec, self.cfg = spec, spec.reward_cfg
+        self.rule = rule_reward(spec.reward_cfg.rule)  # the rule-based term (accuracy by default)
         self.version = 0
         self.reward: Any = None  # a learner.inference.RewardScorer (inference only), when R is loaded
         self.images = ImageCache(refs=spec.images, resolve=ray.get)
@@ -101,6 +103,7 @@ class ScorerActor:
 
     def ready(self) -> ActorInfo:
         """Liveness probe; resolves once the reward model is loaded."""
+        flush_spans()  # the spans not yet sent (the timeline reads them next)
         return actor_info(self.version)
 
     def load_weights(self, weights: WeightVersion) -> int:
@@ -156,7 +159,7 @@ class ScorerActor:
             if request.sample is None and self.cfg.beta > 0:
                 rewards.append(math.nan)  # accuracy is weighted but there is no answer to check
                 continue
-            acc = accuracy_reward([request.sample], [rollout.text])[0] if request.sample is not None else 0.0
+            acc = self.rule([request.sample], [rollout.text])[0] if request.sample is not None else 0.0
             norm = normalize_rm_score(score, self.cfg) if math.isfinite(score) else math.nan
             rewards.append(self.cfg.alpha * norm + self.cfg.beta * acc)
         out, k = [], 0

@@ -76,7 +76,7 @@ def scorer_pool(shared: Shared, reward_dir: str | None, objective: RewardObjecti
     cfg = shared.cfg
     return WorkerPool(f"{shared.prefix}scorer", ScorerActor, cfg.scorer_pool, lambda i: ScorerSpec(
         reward_dir, cfg.reward_model, cfg.reward, cfg.learner.micro_batch_size, cfg.run.seed, objective,
-        cfg.run.torch_threads, shared.images, shared.monitor))
+        cfg.run.torch_threads, shared.images, shared.monitor), out_of_order=True)
 
 
 def learner(shared: Shared, name: str, kind: LearnerModel, model_dir: str, model_cfg: ModelConfig,
@@ -101,6 +101,15 @@ def _named(pinned: list[Any], cls: type, name: str, *args: Any, **options: Any) 
     refs = [ray.put(a) for a in args]
     pinned.extend(refs)
     return ray.remote(cls).options(name=name, num_cpus=0, max_restarts=-1, **options).remote(*refs)
+
+
+def rollout_buffer(shared: Shared) -> Any:
+    """The run's `RolloutBuffer` actor (its put and take spans go to the monitor). Calls run in the order
+    their arguments are ready: a put chained on a score still running must not hold up the calls behind
+    it (another chain's put, a take, the controller's `ready`, `save` or `queued_ids`)."""
+    cfg = shared.cfg
+    return _named(shared.pinned, RolloutBuffer, f"{shared.prefix}RolloutBuffer", cfg.grpo.buffer_size,
+                  cfg.grpo.dynamic_sampling, shared.monitor, allow_out_of_order_execution=True)
 
 
 @dataclass
@@ -139,8 +148,7 @@ class ActorSystem:
             rollout=rollout_pool(shared, "policy-rollout", str(policy_dir), cfg.policy, 1000, cfg.rollout_pool),
             scorer=scorer_pool(shared, reward, None),
             learner=learner(shared, "PolicyLearner", LearnerModel.POLICY, str(policy_dir), cfg.policy),
-            buffer=_named(shared.pinned, RolloutBuffer, f"{prefix}RolloutBuffer", cfg.grpo.buffer_size,
-                          cfg.grpo.dynamic_sampling),
+            buffer=rollout_buffer(shared),
             monitor=shared.monitor, pinned=shared.pinned)
         system.rollout.scale_to(cfg.rollout_pool.min_workers)
         system.scorer.scale_to(cfg.scorer_pool.min_workers)
@@ -154,8 +162,7 @@ class ActorSystem:
             rollout=rollout_pool(shared, "policy-rollout", dirs.policy, cfg.policy, 1000, cfg.rollout_pool),
             scorer=scorer_pool(shared, dirs.reward_model, reward_objective(cfg)),
             learner=learner(shared, "PolicyLearner", LearnerModel.POLICY, dirs.policy, cfg.policy),
-            buffer=_named(shared.pinned, RolloutBuffer, f"{prefix}RolloutBuffer", cfg.grpo.buffer_size,
-                          cfg.grpo.dynamic_sampling),
+            buffer=rollout_buffer(shared),
             monitor=shared.monitor,
             generator=rollout_pool(shared, "generator-rollout", dirs.generator, cfg.generator, 7919,
                                    cfg.generator_pool),

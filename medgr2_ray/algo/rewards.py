@@ -1,7 +1,8 @@
 """Rule-based rewards for the solver: answer extraction, accuracy, format, and MedGR²'s combined reward.
 
 Rewards are plain functions of (samples, completions) returning one float per completion, TRL style,
-so they can be used in any trainer and tested without a model. The combined GRPO reward of MedGR² is
+so they can be used in any trainer and tested without a model; `reward.rule` picks the one GRPO uses
+(`rule_reward`: accuracy, or a user's own importable function). The combined GRPO reward of MedGR² is
     r = alpha * norm(R(image, q, a')) + beta * 1[extract(a') == answer]
 with the reward-model score R in [r_min, r_max] = [-6, 10] mapped linearly onto [0, 1].
 
@@ -15,10 +16,11 @@ and finally normalised free text (lower case, no punctuation, single spaces).
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from medgr2_ray.config import RewardConfig
 from medgr2_ray.types import Sample
@@ -122,6 +124,25 @@ def accuracy_reward(samples: Sequence[Sample], completions: Sequence[str]) -> li
     """1.0 where the completion's extracted answer equals the sample's answer, else 0.0."""
     _check_lengths("accuracy_reward(samples, completions)", samples, completions)
     return [1.0 if _is_correct(s, c) else 0.0 for s, c in zip(samples, completions)]
+
+
+RuleReward = Callable[[Sequence[Sample], Sequence[str]], list[float]]
+RULES: dict[str, RuleReward] = {"accuracy": accuracy_reward}
+
+
+def rule_reward(name: str) -> RuleReward:
+    """The rule `reward.rule` names: a registered one (`RULES`) or an importable `module:function`."""
+    if name in RULES:
+        return RULES[name]
+    module, _, attr = name.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"reward.rule '{name}': cannot import it ({exc}); name one of {sorted(RULES)} or an "
+                         "importable module:function (samples, completions) -> list[float]") from None
+    if not callable(found):
+        raise ValueError(f"reward.rule '{name}' is a {type(found).__name__}, not a function")
+    return found
 
 
 def format_reward(completions: Sequence[str]) -> list[float]:

@@ -1,11 +1,14 @@
 """The continuous asynchronous GRPO loop: generation, scoring and learning overlap, one screen to read.
 
 `Controller.run` is an event loop over object refs (slime's train_async.py in spirit). Each prompt goes
-generate (a RolloutActor) -> score (a ScorerActor) -> put (the RolloutBuffer); each stage is submitted
-when the previous one finished, so a slow call never blocks others in an actor's queue, and the data
-itself moves between actors through the object store, never through this process. Whenever the learner
-is idle and the buffer holds a batch of fresh groups, the next step starts; its rank 0 publishes new
-weights that the next generate calls carry.
+generate (a RolloutActor) -> score (a ScorerActor) -> put (the RolloutBuffer). With `loop.chain_calls`
+the three are submitted at once, each taking the previous one's result ref: Ray hands the rollouts and
+scored groups on as soon as they exist, without a round trip through this process (scorers run calls
+in the order their inputs arrive, so a chained call never holds up a ready one). The data moves between
+actors through the object store, never through this process. Whenever the learner is idle and the
+buffer holds, or the puts in flight will bring, a batch of fresh groups, the next step is queued; with
+`loop.take_ahead` its batch is a `take` that Ray runs right after those puts, so the learner starts the
+moment its groups arrive. Its rank 0 publishes new weights that the next generate calls carry.
 
 Staleness. A prompt launched now is trained after the steps already running and the `queued // n`
 full batches ahead of it (n groups a step); each step advances the version by at most one (a skipped
@@ -41,12 +44,14 @@ from medgr2_ray.actors.system import ActorSystem
 from medgr2_ray.algo.admission import AdmissionState, launchable
 from medgr2_ray.config import Config
 from medgr2_ray.loop.autoscale import PoolAutoscaler, ScaleSignals
-from medgr2_ray.messages import (BufferSnapshot, GRPOAccounting, LoopStatus, PoolStatus, PutReceipt, Recipe, Span, StepReport, TrainWork,
-                                 WorkDone)
+from medgr2_ray.messages import (BufferSnapshot, CallTime, GRPOAccounting, LoopStatus, PoolStatus, PutReceipt, Recipe, Span,
+                                 StepReport, TrainWork, WorkDone)
 from medgr2_ray.metrics import LEARNER_WAIT_S, REQUESTS_REISSUED, Metrics, RunLog
 from medgr2_ray.types import GenerationRequest, SamplingParams, WeightVersion
 
 MAX_CALLS_PER_ACTOR = 2  # one running, one queued: an actor never idles between calls
+MAX_TIMINGS = 100_000  # call and step timings kept for the benchmarks (the newest)
+STATUS_EVERY_S = 1.0  # `medgr2 status` snapshots pushed to the monitor at most this often (and at the end)
 
 
 class Stage(enum.Enum):
@@ -66,6 +71,8 @@ class Flight:
     requests: tuple[GenerationRequest, ...]
     member: Member | None = None
     chain: tuple[Member, ...] = ()  # the actors this chain ran on (blamed if it fails)
+    chained: bool = False  # the next stage was submitted on this call's result: that one carries the requests
+    submitted: float = field(default_factory=time.time)  # wall-clock, taken before the call was submitted
 
 
 @dataclass
@@ -114,40 +121,63 @@ class Controller:
         self.in_buffer: dict[str, GenerationRequest] = {}  # groups the buffer holds: re-issued if it dies
         self.buffer_pid = ray.get(system.buffer.ready.remote()).pid
         self.on_step: Callable[[int], None] | None = None
+        self.unreported: list[tuple[StepReport, float]] = []  # steps done, not yet logged (once new work is out)
+        # Where the time goes (benchmarks/orchestration_overhead.py): every call's submit and finish as this
+        # process saw them, rank 0's report of every step, this process's waiting and CPU seconds in `run`.
+        self.calls: deque[CallTime] = deque(maxlen=MAX_TIMINGS)
+        self.step_dones: deque[WorkDone] = deque(maxlen=MAX_TIMINGS)
+        self.waited_s, self.driver_cpu_s = 0.0, 0.0
+        self.take_after: set[Any] = set()  # puts in flight that the learner's queued step takes its batch after
+        self.status_pushed = 0.0
 
     # ------------------------------------------------------------------ the loop
     def run(self, steps: int, on_step: Callable[[int], None] | None = None) -> Ledger:
         """Run until `steps` learner steps are done in total (counting steps before a resume);
         `on_step(steps_done)` after each step (progress bars)."""
         self.on_step = on_step
-        while self.steps_done < steps:
-            self.sys.rollout.poll_ready()
-            self.sys.scorer.poll_ready()
-            while self.unscored and self._submit_score(*self.unscored[0]):
-                self.unscored.popleft()
-            self._launch_generation(steps)
-            self._maybe_start_step(steps)
-            if not self.flights:  # nothing running: wait for an actor to (re)start instead
-                self.sys.rollout.poll_ready(self.cfg.loop.poll_s)
-                self.sys.scorer.poll_ready(self.cfg.loop.poll_s)
-                continue
-            done, _ = ray.wait(list(self.flights), num_returns=1, timeout=self.cfg.loop.poll_s, fetch_local=False)
-            for ref in done:
-                self._on_done(ref, self.flights.pop(ref))
+        cpu = time.thread_time()
+        try:
+            while self.steps_done < steps:
+                self.sys.rollout.poll_ready()
+                self.sys.scorer.poll_ready()
+                while self.unscored and self._submit_score(*self.unscored[0]):
+                    self.unscored.popleft()
+                self._launch_generation(steps)
+                self._maybe_start_step(steps)
+                self._report_steps()  # after the next work is out: logging never delays it
+                started = time.perf_counter()
+                if not self.flights:  # nothing running: wait for an actor to (re)start instead
+                    self.sys.rollout.poll_ready(self.cfg.loop.poll_s)
+                    self.sys.scorer.poll_ready(self.cfg.loop.poll_s)
+                    self.waited_s += time.perf_counter() - started
+                    continue
+                done, _ = ray.wait(list(self.flights), num_returns=1, timeout=self.cfg.loop.poll_s, fetch_local=False)
+                self.waited_s += time.perf_counter() - started
+                for ref in done:
+                    self._on_done(ref, self.flights.pop(ref))
+            self._report_steps()
+            self._push_status()
+        finally:
+            self.driver_cpu_s += time.thread_time() - cpu
         return self.ledger
 
     # ------------------------------------------------------------------ generation side
     def _in_flight(self) -> list[Flight]:
-        return [f for f in self.flights.values() if f.stage is not Stage.LEARN] + [f for _, f in self.unscored]
+        """Calls that carry requests (a chained call's requests are carried by its last stage)."""
+        return ([f for f in self.flights.values() if f.stage is not Stage.LEARN and not f.chained]
+                + [f for _, f in self.unscored])
 
     def _in_flight_groups(self) -> int:
         return sum(len(f.requests) for f in self._in_flight())
 
     def _launchable(self, steps: int) -> int:
         """How many more prompts may start now (staleness bound, back-pressure, end of run: algo/admission.py)."""
+        # A step queued ahead has not started while the puts it takes after are in flight: its groups are
+        # still counted as queued, and it takes the first of them (as a step started once they arrived).
+        started = self.steps_started - (1 if self.take_after else 0)
         return launchable(AdmissionState(
             max_staleness=self.cfg.grpo.max_staleness, prompts_per_step=self.n, buffer_size=self.cfg.grpo.buffer_size,
-            total_steps=steps, steps_started=self.steps_started, steps_done=self.steps_done,
+            total_steps=steps, steps_started=started, steps_done=self.steps_done,
             version=self.weights.version, in_flight=self._in_flight_groups(),
             buffered=tuple(sorted(self.buffered.items()))))
 
@@ -168,34 +198,50 @@ class Controller:
                 return
             batch = tuple(self._next_request() for _ in range(min(budget, self.cfg.loop.requests_per_call)))
             seed = zlib.crc32(f"{self.cfg.run.seed}:{batch[0].request_id}".encode())  # same prompts, same samples
+            now = time.time()
             ref = member.handle.generate.remote(list(batch), replace(self.sampling, seed=seed), self.weights)
             member.in_flight += 1
-            self.flights[ref] = Flight(Stage.GENERATE, batch, member)
+            flight = self.flights[ref] = Flight(Stage.GENERATE, batch, member, submitted=now)
+            if self.cfg.loop.chain_calls and not self.unscored:
+                self._submit_score(ref, flight)
             budget -= len(batch)
 
     def _on_done(self, ref: Any, flight: Flight) -> None:
+        self.calls.append(CallTime(flight.stage.value, flight.submitted, time.time()))
         if flight.member is not None:
             flight.member.in_flight -= 1
         if flight.stage is Stage.GENERATE:
-            if self.unscored or not self._submit_score(ref, flight):
+            if not flight.chained and (self.unscored or not self._submit_score(ref, flight)):
                 self.unscored.append((ref, flight))
         elif flight.stage is Stage.SCORE:
-            self.flights[self.sys.buffer.put.remote(ref)] = Flight(Stage.PUT, flight.requests, chain=flight.chain)
+            if not flight.chained:
+                self._submit_put(ref, flight)
         elif flight.stage is Stage.PUT:
+            self.take_after.discard(ref)
             self._on_put(ref, flight)
         else:
             self._on_step(ray.get(ref))
 
     def _submit_score(self, gen_ref: Any, flight: Flight) -> bool:
-        """Send rollouts to the least busy ready scorer (queueing there blocks nobody: the rollouts
-        exist already); False when no scorer is ready (starting or restarting)."""
+        """Send the rollouts of `gen_ref` (done, or chained on it) to the least busy ready scorer, and with
+        `chain_calls` the scores on to the buffer; False when no scorer is ready (starting or restarting)."""
         member = self.sys.scorer.least_busy(max_in_flight=1 << 30)
         if member is None:
             return False
+        now = time.time()
         ref = member.handle.score.remote(list(flight.requests), gen_ref)
         member.in_flight += 1
-        self.flights[ref] = Flight(Stage.SCORE, flight.requests, member, chain=(flight.member, member))  # type: ignore[arg-type]
+        flight.chained = True
+        score = self.flights[ref] = Flight(Stage.SCORE, flight.requests, member, chain=(flight.member, member),  # type: ignore[arg-type]
+                                           submitted=now)
+        if self.cfg.loop.chain_calls:
+            self._submit_put(ref, score)
         return True
+
+    def _submit_put(self, score_ref: Any, flight: Flight) -> None:
+        flight.chained, now = True, time.time()
+        self.flights[self.sys.buffer.put.remote(score_ref)] = Flight(Stage.PUT, flight.requests, chain=flight.chain,
+                                                                     submitted=now)
 
     def _on_put(self, ref: Any, flight: Flight) -> None:
         try:
@@ -247,24 +293,45 @@ class Controller:
         if any(f.stage is Stage.LEARN for f in self.flights.values()) or self.steps_started >= steps:
             return
         fresh = sum(c for v, c in self.buffered.items() if self.weights.version - v <= self.cfg.grpo.max_staleness)
-        if fresh < self.n:
+        after = self._puts_bringing(self.n - fresh) if fresh < self.n else []
+        if fresh < self.n and not after:
             return
-        take = self.sys.buffer.take.remote(self.n, self.weights.version, self.cfg.grpo.max_staleness)
-        index = self.sys.learner.submit(TrainWork(Recipe.SOLVER_GRPO, take, self.steps_started, publish=True))
-        self.flights[self.sys.learner.result_ref(index)] = Flight(Stage.LEARN, ())
+        now = time.time()
+        take = self.sys.buffer.take.remote(self.n, self.weights.version, self.cfg.grpo.max_staleness, *after,
+                                           exact=bool(after))
+        ref = self.sys.learner.start(TrainWork(Recipe.SOLVER_GRPO, take, self.steps_started, publish=True))
+        self.flights[ref] = Flight(Stage.LEARN, (), submitted=now)
+        self.take_after = set(after)
         self.steps_started += 1
-        self.last_wait = time.perf_counter() - (self.idle_since or time.perf_counter())
-        self.metrics.record(LEARNER_WAIT_S, self.last_wait)
+        self.last_wait = time.perf_counter() - (self.idle_since or time.perf_counter())  # + the batch's wait
+
+    def _puts_bringing(self, groups: int) -> list[Any]:
+        """Refs of the oldest puts in flight that bring at least `groups` groups, for a take ahead ([] when
+        those in flight bring fewer, or a put may be refused in part: dynamic sampling)."""
+        if not self.cfg.loop.take_ahead or self.cfg.grpo.dynamic_sampling:
+            return []
+        refs, count = [], 0
+        for ref, flight in self.flights.items():  # in submission order
+            if flight.stage is Stage.PUT:
+                refs.append(ref)
+                count += len(flight.requests)
+                if count >= groups:
+                    return refs
+        return []
 
     def _on_step(self, dones: list[WorkDone]) -> None:
-        if dones[0].error is not None:  # the buffer died while the batch was taken: no step happened
+        if dones[0].error is not None:  # the buffer died, or a take ahead came up short: no step happened
             self.steps_started -= 1
+            self.take_after.clear()
             self._check_buffer()
             return
         reports = [d.step_report for d in dones if d.step_report is not None]
         lead = reports[0]
         self.idle_since = time.perf_counter()
         self.steps_done += 1
+        self.step_dones.append(dones[0])
+        self.last_wait += dones[0].metrics.get("batch_wait_s", 0.0)
+        self.metrics.record(LEARNER_WAIT_S, self.last_wait)
         self.spans.append(Span(self.sys.learner.name, "train:grpo", dones[0].started, dones[0].ended))
         for report in reports:
             self.ledger.trained_ids.extend(report.group_ids)
@@ -284,21 +351,35 @@ class Controller:
                                  if self.weights.version - v <= self.cfg.grpo.max_staleness})
         fill = sum(self.buffered.values()) / self.cfg.grpo.buffer_size
         self.autoscaler.observe(ScaleSignals(learner_wait_s=self.last_wait, buffer_fill=fill))
-        self._report(lead)
-        if self.on_step is not None:
-            self.on_step(self.steps_done)
+        self.unreported.append((lead, self.last_wait))
         every = self.cfg.loop.checkpoint_every
         if self.run_dir is not None and every and self.steps_done % every == 0:
+            # Here, before the next step is queued: the learner's checkpoint item must not wait behind it.
+            self._report_steps()
             self.checkpoint(self.run_dir / "checkpoints" / f"step_{self.steps_done:06d}")
 
-    def _report(self, lead: StepReport) -> None:
+    def _report_steps(self) -> None:
+        """Log the steps done since the last call (the run log, the monitor, `on_step`)."""
+        done = self.steps_done - len(self.unreported)
+        for k, (lead, waited) in enumerate(self.unreported, start=1):
+            self._report(lead, done + k, waited)
+            if self.on_step is not None:
+                self.on_step(done + k)
+        if self.unreported and time.perf_counter() - self.status_pushed >= STATUS_EVERY_S:
+            self._push_status()
+        self.unreported.clear()
+
+    def _push_status(self) -> None:
+        self.sys.monitor.push.remote(self.status())
+        self.status_pushed = time.perf_counter()
+
+    def _report(self, lead: StepReport, step: int, waited: float) -> None:
         values = {k: v for k, v in lead.metrics.items() if np.isscalar(v)}
-        values.update(learner_wait_s=self.last_wait, version=float(self.weights.version),
+        values.update(learner_wait_s=waited, version=float(self.weights.version),
                       buffered=float(sum(self.buffered.values())), reissued=float(self.ledger.reissued),
                       dropped_stale=float(len(self.ledger.dropped_stale_ids)), rollout_workers=len(self.sys.rollout.members))
         if self.log is not None:
-            self.log.log(self.steps_done, values)
-        self.sys.monitor.push.remote(self.status())
+            self.log.log(step, values)
 
     def status(self) -> LoopStatus:
         """A snapshot for `medgr2 status`."""
@@ -363,6 +444,9 @@ class Controller:
         self.ledger.published.append(self.weights.version)
 
     def close(self) -> None:
-        """Flush the run log."""
+        """Flush the run log; ask the actors to send the timeline spans they batched (not waited for)."""
+        for member in (*self.sys.rollout.members, *self.sys.scorer.members):
+            member.handle.ready.remote()
+        self.sys.buffer.ready.remote()
         if self.log is not None:
             self.log.close()

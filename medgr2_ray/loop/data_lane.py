@@ -1,9 +1,12 @@
 """The data side of the flywheel: image prompts -> generator pool -> scorer pool -> kept-sample store.
 
-Each generate call carries a few requests (`loop.requests_per_call`) and the newest G weights; when it
-finishes, its rollouts go (as an object ref, never through this process) to the least busy scorer with
-the newest R weights, which parses and scores them; the scored candidates go to the store, which
-decides each one and answers with an `OfferReceipt`. The lane keeps at most `MAX_CALLS_PER_ACTOR` calls
+Each generate call carries a few requests (`loop.requests_per_call`) and the newest G weights; its
+rollouts go (as an object ref, never through this process) to the least busy scorer with the newest R
+weights, which parses and scores them; the scored candidates go to the store, which decides each one and
+answers with an `OfferReceipt`. With `loop.chain_calls` the score call is submitted with the generate
+call, on its result ref (Ray hands the rollouts on without a round trip through this process; the R
+weights are the newest at launch); the offer is submitted once the score is seen, with the newest G and
+R versions then, against which the store judges staleness. The lane keeps at most `MAX_CALLS_PER_ACTOR` calls
 queued per generator, so generators never idle between calls and nothing piles up.
 
 Every request is accounted for by id (`DataLedger`): issued, answered by exactly one accepted receipt,
@@ -27,11 +30,12 @@ import ray
 from medgr2_ray.actors.pool import Member, WorkerPool
 from medgr2_ray.algo.requests import CandidateMeta
 from medgr2_ray.config import Config
-from medgr2_ray.messages import OfferReceipt, Versions
+from medgr2_ray.messages import CallTime, OfferReceipt, Versions
 from medgr2_ray.metrics import REQUESTS_REISSUED, Metrics
 from medgr2_ray.types import GenerationRequest, SamplingParams, WeightVersion
 
 MAX_CALLS_PER_ACTOR = 2  # one running, one queued: an actor never idles between calls
+MAX_TIMINGS = 100_000  # call timings kept for the benchmarks (the newest)
 Prompt = tuple[GenerationRequest, CandidateMeta]
 
 
@@ -59,6 +63,8 @@ class Chain:
     stage: Stage
     call: Call
     members: tuple[Member, ...]
+    chained: bool = False  # the score was submitted on this generate call's result: it carries the call
+    submitted: float = field(default_factory=time.time)  # wall-clock, taken before the call was submitted
 
 
 @dataclass
@@ -87,6 +93,7 @@ class DataLane:
         self.metrics = Metrics()
         self.g_weights: WeightVersion | None = None
         self.r_weights: WeightVersion | None = None
+        self.calls: deque[CallTime] = deque(maxlen=MAX_TIMINGS)  # every call's submit and finish (benchmarks)
 
     # ------------------------------------------------------------ state
     @property
@@ -94,10 +101,14 @@ class DataLane:
         """The newest G and R versions the lane hands on."""
         return Versions(self.g_weights.version if self.g_weights else 0, self.r_weights.version if self.r_weights else 0)
 
+    def _calls(self) -> list[Call]:
+        """Calls issued and not yet answered (a chained generate's call is carried by its score)."""
+        return ([c.call for c in self.flights.values() if not c.chained] + [c.call for _, c in self.unscored]
+                + list(self.retry))
+
     def in_flight(self) -> int:
         """Requests issued and not yet answered (in a chain, waiting for a scorer, or to be re-issued)."""
-        calls = [c.call for c in self.flights.values()] + [c.call for _, c in self.unscored] + list(self.retry)
-        return sum(len(c.requests) for c in calls)
+        return sum(len(c.requests) for c in self._calls())
 
     def idle(self) -> bool:
         """Nothing in flight and nothing to re-issue."""
@@ -132,17 +143,22 @@ class DataLane:
     def _generate(self, member: Member, call: Call) -> None:
         # Same call, same samples: the seed depends only on the run's seed and the call's first request.
         seed = zlib.crc32(f"{self.cfg.run.seed}:{call.requests[0].request_id}".encode())
+        now = time.time()
         ref = member.handle.generate.remote(list(call.requests), replace(self.sampling, seed=seed), self.g_weights)
         member.in_flight += 1
-        self.flights[ref] = Chain(Stage.GENERATE, call, (member,))
+        chain = self.flights[ref] = Chain(Stage.GENERATE, call, (member,), submitted=now)
+        if self.cfg.loop.chain_calls and not self.unscored:
+            self._submit_score(ref, chain)
 
     def _submit_score(self, gen_ref: Any, chain: Chain) -> bool:
         member = self.scorer.least_busy(max_in_flight=1 << 30)
         if member is None:
             return False
+        now = time.time()
         ref = member.handle.score_candidates.remote(gen_ref, chain.call.meta, chain.call.round, self.r_weights)
         member.in_flight += 1
-        self.flights[ref] = Chain(Stage.SCORE, chain.call, (*chain.members, member))
+        chain.chained = True
+        self.flights[ref] = Chain(Stage.SCORE, chain.call, (*chain.members, member), submitted=now)
         return True
 
     def pump(self) -> None:
@@ -156,14 +172,17 @@ class DataLane:
     def on_done(self, ref: Any) -> OfferReceipt | None:
         """Advance the chain `ref` belongs to; returns the store's receipt when a chain completes."""
         chain = self.flights.pop(ref)
-        if chain.stage is not Stage.OFFER:
-            chain.members[-1].in_flight -= 1
+        self.calls.append(CallTime(chain.stage.value, chain.submitted, time.time()))
         if chain.stage is Stage.GENERATE:
-            if self.unscored or not self._submit_score(ref, chain):
+            chain.members[0].in_flight -= 1
+            if not chain.chained and (self.unscored or not self._submit_score(ref, chain)):
                 self.unscored.append((ref, chain))
             return None
         if chain.stage is Stage.SCORE:
-            self.flights[self.store.offer.remote(ref, self.versions)] = Chain(Stage.OFFER, chain.call, chain.members)
+            chain.members[-1].in_flight -= 1
+            now = time.time()
+            self.flights[self.store.offer.remote(ref, self.versions)] = Chain(Stage.OFFER, chain.call, chain.members,
+                                                                              submitted=now)
             return None
         try:
             receipt: OfferReceipt = ray.get(ref)
@@ -187,8 +206,7 @@ class DataLane:
 
     def outstanding(self) -> list[str]:
         """Ids issued and not answered yet (in flight, waiting for a scorer, or to be re-issued)."""
-        calls = [c.call for c in self.flights.values()] + [c.call for _, c in self.unscored] + list(self.retry)
-        return [i for call in calls for i in call.meta]
+        return [i for call in self._calls() for i in call.meta]
 
 
 def wait_any(refs: list[Any], timeout_s: float) -> list[Any]:

@@ -149,8 +149,7 @@ class LearnerLane:
         return 0.0 if self.waiting or self.idle_since is None else time.time() - self.idle_since
 
     def _submit(self, work: Any, stage: str, step: int, spec: BatchSpec | None = None, span: str = "") -> None:
-        index = self.host.submit(work)
-        self.waiting[self.host.result_ref(index)] = _Pending(stage, step, work, spec, span or f"train:{stage}")
+        self.waiting[self.host.start(work)] = _Pending(stage, step, work, spec, span or f"train:{stage}")
         self.submitted += 1
 
     def on_done(self, ref: Any, dones: list[WorkDone]) -> WorkDone:

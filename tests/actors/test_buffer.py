@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import ray
 
-from medgr2_ray.actors.buffer import BufferFull, RolloutBuffer
+from medgr2_ray.actors.buffer import BufferFull, RolloutBuffer, ShortBatch
 from medgr2_ray.actors.persist import PersistError, load_messages, save_messages
 
 from medgr2_ray.types import ScoredGroup
@@ -43,6 +43,15 @@ def test_batch_is_ordered_by_group_id_not_arrival(group_factory: GroupFactory) -
     buf.put([group_factory("r03", 0)])
     buf.put([group_factory("r01", 0), group_factory("r02", 0)])
     assert buf.take(3, 0, 0).group_ids == ("r01", "r02", "r03")
+
+
+def test_an_exact_take_short_of_fresh_groups_takes_nothing(group_factory: GroupFactory) -> None:
+    buf = RolloutBuffer(capacity=4)
+    buf.put([group_factory("a", 0), group_factory("b", 1), group_factory("c", 1)])
+    with pytest.raises(ShortBatch, match="2 fresh groups, 3"):
+        buf.take(3, 1, 0, exact=True)  # "a" is stale at version 1
+    assert buf.stats().depth == 3 and buf.stats().dropped_stale == 0  # nothing taken, nothing dropped
+    assert buf.take(2, 1, 0, exact=True).group_ids == ("b", "c")
 
 
 def test_capacity_is_a_hard_bound_and_nothing_is_half_accepted(group_factory: GroupFactory) -> None:
@@ -102,4 +111,26 @@ def test_buffer_as_a_named_ray_actor(ray_cluster: None, group_factory: GroupFact
     result = ray.get(actor.take.remote(2, 2, 0))
     assert result.group_ids == ("x", "y")
     np.testing.assert_array_equal(result.batch.groups[0].rewards, group_factory("x", 2).rewards)
+    ray.kill(actor)
+
+
+def test_a_take_queued_after_puts_runs_once_they_brought_their_groups(ray_cluster: None,
+                                                                     group_factory: GroupFactory) -> None:
+    """The controller's take ahead: the take is submitted before the puts' groups exist (each put waits
+    on a slow task), and Ray runs it only after both puts, so it gets all their groups."""
+
+    @ray.remote
+    def later(groups: list, seconds: float) -> list:
+        import time
+
+        time.sleep(seconds)
+        return groups
+
+    actor = ray.remote(RolloutBuffer).options(name="RolloutBuffer-ahead", allow_out_of_order_execution=True).remote(8)
+    puts = [actor.put.remote(later.remote([group_factory(f"g{i}", 0)], 1.0 - 0.5 * i)) for i in range(2)]
+    take = actor.take.remote(2, 0, 0, *puts, exact=True)
+    assert ray.get(take).group_ids == ("g0", "g1")
+    short = actor.take.remote(1, 0, 0, actor.put.remote(later.remote([group_factory("g0", 0)], 0.1)), exact=True)
+    with pytest.raises(ray.exceptions.RayTaskError, match="ShortBatch"):  # the duplicate was refused
+        ray.get(short)
     ray.kill(actor)

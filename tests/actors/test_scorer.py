@@ -67,6 +67,13 @@ def test_combined_reward_is_alpha_norm_r_plus_beta_accuracy(kind: str, request: 
     assert np.isfinite(group.rewards).all()  # "no idea" is no option: R weighs it as free text
 
 
+def test_a_users_rule_replaces_accuracy_in_the_reward() -> None:
+    cfg = RewardConfig(alpha=0.0, beta=0.5, rule="tests.algo.test_rewards:share_of_a")
+    scorer = ScorerActor(ScorerSpec(None, ModelConfig(), cfg, micro_batch_size=4, seed=0))  # no R: alpha is 0
+    (group,) = scorer.score([_request("q1")], _rollouts("q1", ["AAAB", "CT", "A"]))
+    np.testing.assert_allclose(group.rewards, np.asarray([0.5 * 0.75, 0.0, 0.5], np.float32))
+
+
 def test_a_request_without_an_answer_gets_nan_not_an_exception(reward_dir: Path) -> None:
     scorer = ScorerActor(ScorerSpec(str(reward_dir), ModelConfig(), RewardConfig(), micro_batch_size=4, seed=0))
     good, bad = _request("good"), _request("bad", with_sample=False)

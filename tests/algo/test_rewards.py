@@ -109,3 +109,25 @@ def test_combined_reward_is_bounded_and_monotone(score: float, acc: float) -> No
 
 def test_normalize_text() -> None:
     assert normalize_text("  Pleural-Effusion, (left)!  ") == "pleuraleffusion left"
+
+
+def share_of_a(samples: list[Sample], completions: list[str]) -> list[float]:
+    """A user's own rule for the tests below: the share of characters that are 'A'."""
+    return [c.count("A") / max(1, len(c)) for c in completions]
+
+
+def test_reward_rule_is_accuracy_or_a_users_importable_function() -> None:
+    from pydantic import ValidationError
+
+    from medgr2_ray.algo.rewards import RULES, accuracy_reward, rule_reward
+
+    assert rule_reward("accuracy") is accuracy_reward and RewardConfig().rule == "accuracy" and "accuracy" in RULES
+    mine = rule_reward("tests.algo.test_rewards:share_of_a")
+    assert mine([], ["AAB", "xy"]) == [2 / 3, 0.0]
+    with pytest.raises(ValueError, match="reward.rule 'tests.algo.nowhere:f': cannot import"):
+        rule_reward("tests.algo.nowhere:f")
+    with pytest.raises(ValueError, match="not a function"):
+        rule_reward("medgr2_ray.algo.rewards:RULES")
+    with pytest.raises(ValidationError):
+        RewardConfig(rule="not a function path")
+

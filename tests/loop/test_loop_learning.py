@@ -108,6 +108,14 @@ def test_sync_mode_is_exactly_the_synchronous_algorithm(
     assert_same(uninterrupted, reference)
 
 
+def test_sync_mode_with_every_call_through_the_controller_is_the_same(
+    uninterrupted: RunResult, format_tuned_dir: Path, questions: list[GenerationRequest], loop_config: Any
+) -> None:
+    """Chaining calls and queueing the learner's step ahead change when calls are submitted, not what runs."""
+    cfg = loop_config(*SYNC, "loop.chain_calls=false", "loop.take_ahead=false")
+    assert_same(run_loop(cfg, format_tuned_dir, questions, 4, "t-sync-d-"), uninterrupted)
+
+
 def test_resumed_run_matches_uninterrupted_run(
     uninterrupted: RunResult, format_tuned_dir: Path, questions: list[GenerationRequest], loop_config: Any,
     tmp_path: Path,

@@ -1,0 +1,95 @@
+"""CPU seconds of every process of this run's local Ray cluster (the driver, Ray's own processes, every
+actor and worker), so a benchmark can say where the CPU went, process by process, not only where the
+wall time went. On 2 cores a process that is busy while the work runs takes its time from the work.
+
+Processes are this driver, Ray's head processes (GCS, raylet, agents: their command lines name this
+session's directory) and the raylet's children (actors and workers, named `ray::<Class>`). Linux
+counts CPU time in ticks of 10 ms, so measure windows of several seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+
+def ray_processes() -> list[Any]:
+    """psutil handles on this session's processes (call after `ray.init`)."""
+    import psutil
+    import ray
+
+    session = ray._private.worker._global_node.get_session_dir_path()
+    head = [p for p in psutil.process_iter(["cmdline"]) if session in " ".join(p.info["cmdline"] or [])]
+    raylets = [p for p in head if "raylet" in " ".join(p.info["cmdline"] or [])]
+    kids = [c for r in raylets for c in r.children(recursive=True)]
+    return list({p.pid: p for p in [psutil.Process(os.getpid()), *head, *kids]}.values())
+
+
+def _name(proc: Any) -> str:
+    try:
+        cmd = proc.cmdline()
+    except Exception:  # gone
+        return "?"
+    if proc.pid == os.getpid():
+        return "driver (this process)"
+    if cmd and cmd[0].startswith("ray::"):  # "ray::<actor name>:<Class>.<method>" or "ray::<Class>"
+        return cmd[0][5:].split(":")[-1].split(".")[0]
+    for known in ("gcs_server", "raylet", "dashboard/agent.py", "runtime_env/agent", "log_monitor", "dashboard.py"):
+        if any(known in part for part in cmd):
+            return f"Ray: {known.split('/')[0]}"
+    return "Ray: other"
+
+
+def cpu_seconds(procs: list[Any]) -> dict[int, tuple[str, float]]:
+    """pid -> (name, user + system CPU seconds so far), for the processes still alive."""
+    out = {}
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            out[proc.pid] = (_name(proc), times.user + times.system)
+        except Exception:  # the process ended
+            continue
+    return out
+
+
+def per_name(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds between two `cpu_seconds` snapshots, summed by process name."""
+    out: dict[str, float] = defaultdict(float)
+    for pid, (name, end) in after.items():
+        out[name] += end - before.get(pid, (name, end))[1]
+    return dict(out)
+
+
+def wait_quiet(threshold_cores: float = 0.15, window_s: float = 1.0, timeout_s: float = 90.0) -> float:
+    """Wait until this Ray cluster's processes together use less than `threshold_cores` of a core over two
+    windows in a row (or `timeout_s` passed); returns the seconds waited. Building an actor system starts a
+    dozen processes that import torch and Ray's libraries for several CPU-seconds each, while the last
+    system's processes exit: measured steps must not share the cores with that."""
+    import time
+
+    start = time.perf_counter()
+    quiet = 0
+    while quiet < 2 and time.perf_counter() - start < timeout_s:
+        procs = ray_processes()
+        before = cpu_seconds(procs)
+        time.sleep(window_s)
+        used = sum(per_name(before, cpu_seconds(procs)).values())
+        quiet = quiet + 1 if used < threshold_cores * window_s else 0
+    return time.perf_counter() - start
+
+
+def report_cpu(report: Any, cpu_s: dict[str, list[dict[str, float]]], steps: dict[str, list[int]]) -> None:
+    """A table of CPU ms per step by process for each column (runs' `per_name` over their timed steps,
+    median over runs); the rows beyond the rollout actor and the learner are what orchestration and Ray
+    itself cost in CPU."""
+    import statistics
+
+    per_step = {col: {n: statistics.median([1000 * c.get(n, 0.0) / k for c, k in zip(runs, steps[col])])
+                      for n in {n for c in runs for n in c}} for col, runs in cpu_s.items() if runs}
+    order = sorted({n for d in per_step.values() for n in d}, key=lambda n: -max(d.get(n, 0.0) for d in per_step.values()))
+    rows = [[n, *(f"{per_step[c].get(n, 0.0):.1f}" for c in per_step)] for n in order]
+    rows.append(["all processes", *(f"{sum(per_step[c].values()):.1f}" for c in per_step)])
+    report.table("CPU ms per step by process of the Ray cluster, over the timed steps (median over repetitions; "
+                 "Linux counts 10 ms ticks, so small rows are coarse)", ["process", *per_step], rows)
+    report.data["cpu_ms_per_step"] = per_step
