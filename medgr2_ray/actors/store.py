@@ -95,8 +95,9 @@ class KeptStore:
         name = f"round_{self.round}" if self.spec.rounds else "stream"
         path = Path(self.spec.out_dir) / name
         path.mkdir(parents=True, exist_ok=True)
-        for log in LOGS:
-            (path / log).touch()
+        for log in LOGS:  # created, never touched: a resume leaves finished rounds' files as they were
+            if not (path / log).exists():
+                (path / log).touch()
         return path
 
     def _append(self, name: str, lines: Sequence[str]) -> None:
