@@ -8,8 +8,8 @@ Heavy work never runs in this process: the driver holds handles, the actors hold
 
 With a `log_file` (what `medgr2 run` passes unless `--verbose`), Ray's own driver messages (the
 token-auth notice, "Started a local Ray instance", Ray Train's) and every actor's and Ray Train
-worker's output go to that file instead of the terminal, so the terminal holds our progress bars,
-warnings and the summary.
+worker's output, the raylet's messages and what Ray's C++ core writes to this process's stderr go to that
+file instead of the terminal, so the terminal holds our progress bars, warnings and the summary.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def init_ray(cfg: Config, log_file: Path | None = None) -> str | None:
                            include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
     if sink is not None:
         _worker_logs_to(sink)
+        _native_logs_to(sink)
     return _dashboard_url(context)
 
 
@@ -120,6 +121,31 @@ def _worker_logs_to(handle: TextIO) -> None:
 
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("medgr2_run_log", write)
+
+
+def _native_logs_to(handle: TextIO) -> None:
+    """Route the rest of Ray's own output into `handle`: what its C++ core writes to this process's
+    stderr (file descriptor 2; e.g. its warning that restartable actors have constructor arguments in the
+    object store, which ours pin for their lifetime) and the raylet's messages to the driver ("N PYTHON
+    worker processes have been started"). Python's own `sys.stderr` (our warnings, one-line errors) keeps
+    the terminal. The raylet messages go through an internal Ray function; if it moves, they print."""
+    import sys
+
+    import ray._private.worker as ray_worker
+
+    terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    sys.stderr.flush()
+    os.dup2(handle.fileno(), 2)
+    sys.stderr = terminal
+    lock = threading.Lock()
+
+    def write(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        with lock:
+            handle.write("".join(f"({data.get('pid')}) {line}\n" for line in data.get("lines", [])))
+            handle.flush()
+
+    if hasattr(ray_worker, "print_to_stdstream"):
+        ray_worker.print_to_stdstream = write
 
 
 # Ray Train's per-report INFO line and its placement-group cleaner's "State API may be temporarily
