@@ -237,28 +237,32 @@ BENCHES = (
           "two cores shared by every actor: the continuous mode's gain is the time the rounds leave a core idle "
           "(generation waits for G's and R's training and the other way round); selection keeps few samples at "
           "this model size, and one held-out question is 1.7 points",
-          f"{PY}/flywheel_vs_rounds.py --reps 3 --budget 120 --cycles 2", common_format),
+          f"{PY}/flywheel_vs_rounds.py --reps 3 --budget 90 --cycles 2", common_format),
     Bench("weight_sync", "Weight sync through the object store",
-          "`PolicyLearner.export_weights` -> `publish_weights` (`ray.put`) -> `fetch_weights` in another actor -> "
-          "`HFEngine.load_weights`, for 10M-500M-parameter models, full and LoRA-only, against `np.copyto` of the "
-          "same bytes",
-          "two copies at least (put, load), so 0.5 of memcpy is the ceiling; the engine's load copies tensor by "
-          "tensor", f"{PY}/weight_sync.py   # ~10 min, ~8 GB RAM at the 500M size", common_format),
+          "the learner packs straight from its parameters into the publish buffer (`ray.put`), an engine in another "
+          "actor serves the published buffers as read-only views (`HFEngine.load_weights`), for 10M-500M-parameter "
+          "models, full and LoRA-only (unmerged adapters), against `np.copyto` of the same bytes",
+          "one copy per update (the put), so 1.0 of memcpy is the ceiling; a cold object store's first puts "
+          "fault in fresh pages and run far slower", f"{PY}/weight_sync.py   # ~10 min, ~8 GB RAM at the 500M size", common_format),
     Bench("async_vs_sync", "Asynchronous vs synchronous GRPO loop",
-          "the Ray loop on one GRPO job with max_staleness 0 and 1: samples/s, and the stage times that bound the "
-          "possible overlap",
+          "the Ray loop on one GRPO job with max_staleness 0 and 1: samples/s, the stage times that bound the "
+          "possible overlap, and CPU per step of every process",
           "overlap needs the rollout actor and the learner to each get a core; the two cores are shared",
-          f"{PY}/async_vs_sync.py", common_format),
+          f"{PY}/async_vs_sync.py --reps 4", common_format),
     Bench("orchestration_overhead", "Orchestration overhead of the Ray loop",
-          "seconds per GRPO step of the synchronous Ray loop against the same job in one plain process",
-          "five actor calls and object-store hand-overs per step, each of which can wait for a time slice on "
-          "shared cores; the noise is of the same order as the overhead", f"{PY}/orchestration_overhead.py",
+          "seconds per GRPO step of the synchronous Ray loop (calls through the driver, and chained on refs with "
+          "the learner's step queued ahead) against the same job in one plain process run just before it; where "
+          "each step's time goes, hop by hop, and CPU per step of every process; the same for the data lane",
+          "actor calls and object-store hand-overs per step, each of which can wait for a time slice on shared "
+          "cores beside Ray's own processes; the noise is of the same order as the overhead",
+          f"{PY}/orchestration_overhead.py --reps 3 --variants driver,ahead",
           common_format),
     Bench("vs_trl", "Against TRL's GRPOTrainer",
-          "TRL 1.16 `GRPOTrainer` vs our engine + learner on the identical tiny VLM, prompts, reward, group size, "
+          "TRL 1.16 `GRPOTrainer` vs ours as a user runs it (the asynchronous Ray loop, max_staleness 1) and the "
+          "in-process synchronous loop of the same parts, on the identical tiny VLM, prompts, reward, group size, "
           "lengths, steps, optimizer and loss",
           "both run the same transformers kernels on one thread; the toy reward collapses onto plateaus that "
-          "differ by seed", f"pip install -e '.[bench]'\n{PY}/vs_trl.py", common_format),
+          "differ by seed", f"pip install -e '.[bench]'\n{PY}/vs_trl.py --seeds 3", common_format),
     Bench("engine_throughput", "Rollout engine throughput",
           "`HFEngine.generate` completion tokens/s for batch 1-64 on a 0.4M and a 27M tiny VLM, beside "
           "`transformers` `model.generate` on the same inputs (vLLM where a GPU is present)",

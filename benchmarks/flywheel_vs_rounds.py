@@ -23,6 +23,7 @@ continuous mode's accuracy after SFT no lower than the rounds mode's.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +31,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets the offline/one-thread environment before torch is imported)
-
 import numpy as np  # noqa: E402
 
 MODES = ("rounds", "continuous")
@@ -41,8 +41,13 @@ def one_run(mode: str, rep: int, budget_s: float, root: Path, cache: Path, quick
     from medgr2_ray.config import load_config
     from medgr2_ray.eval.protocols import answer_agreement
     from medgr2_ray.eval.rundata import prepare_data
+    from medgr2_ray.eval.timeline import (
+        GENERATOR_REFRESH,
+        REWARD_REFRESH,
+        overlap,
+        read_timeline,
+    )
     from medgr2_ray.loop.cycle import run_data_only, with_absolute_paths
-    from medgr2_ray.eval.timeline import GENERATOR_REFRESH, REWARD_REFRESH, overlap, read_timeline
 
     extra = ["cycle.generator_bootstrap_steps=120", "cycle.rm_answer_steps=60"] if quick else []
     cfg = with_absolute_paths(load_config(common.REPO / "configs" / "cpu-tiny.yaml", [
@@ -90,10 +95,15 @@ def cycles(args: argparse.Namespace, report: common.Report, root: Path, cache: P
             finally:
                 ray.shutdown()
             print(runs[mode][-1], flush=True)
+    _cycle_tables(report, runs)
+
+
+def _cycle_tables(report: common.Report, runs: dict[str, list[dict[str, Any]]]) -> None:
     rows = [[m, _stat([x["seconds"] for x in runs[m]]).fmt(), _stat([x["acc_untrained"] for x in runs[m]]).fmt(),
              _stat([x["acc_after_sft"] for x in runs[m]]).fmt(), _stat([x.get("acc_after_grpo") for x in runs[m]]).fmt(),
              _stat([x["kept"] for x in runs[m]]).fmt()] for m in MODES]
-    report.table(f"The main job (configs/cpu-tiny.yaml), {args.cycles} runs per mode, run alternately",
+    report.table(f"The main job (configs/cpu-tiny.yaml), {len(runs['rounds'])} runs per mode (run.seed 0, 1, ...: "
+                 "each seed's study split and draws in both modes), run alternately",
                  ["mode", "wall s", "untrained", "after SFT", "after GRPO", "kept"], rows)
     sft = {m: _stat([x["acc_after_sft"] for x in runs[m]]) for m in MODES}
     # Seed by seed (same split and draws in both modes): the paired differences, in points.
@@ -138,21 +148,42 @@ def _tables(report: common.Report, runs: dict[str, list[dict[str, Any]]], budget
     for mode in MODES:
         r = runs[mode]
         rows.append([mode, _stat([x["kept_per_s"] for x in r]).fmt(), _stat([x["right_share"] for x in r]).fmt(),
-                     _stat([x["candidates_per_s"] for x in r]).fmt(), _stat([x["kept"] for x in r]).fmt(),
+                     _stat([x["kept_per_s"] * x["right_share"] for x in r]).fmt(),
+                     _stat([x["candidates_per_s"] for x in r]).fmt(),
+                     _stat([x["kept"] / max(x["candidates"], 1) for x in r]).fmt(), _stat([x["kept"] for x in r]).fmt(),
                      _stat([x["data_s"] for x in r]).fmt(),
                      _stat([x["generator_busy_during_refresh"] for x in r]).fmt()])
     report.table(f"Data phase after the bootstrap, {budget:.0f} s budget, main job's config",
-                 ["mode", "kept/s", "kept right-answer share", "candidates/s", "kept", "data phase s",
-                  "generator busy while G/R refresh"], rows)
-    ratios = [c["kept_per_s"] / r["kept_per_s"] for c, r in zip(runs["continuous"], runs["rounds"]) if r["kept_per_s"]]
-    speed = _stat(ratios)
+                 ["mode", "kept/s", "kept right-answer share", "right kept/s", "candidates/s", "share kept", "kept",
+                  "data phase s", "generator busy while G/R refresh"], rows)
+    pairs = list(zip(runs["continuous"], runs["rounds"]))
+    speed = _stat([c["kept_per_s"] / r["kept_per_s"] for c, r in pairs if r["kept_per_s"]])
+    made = _stat([c["candidates_per_s"] / r["candidates_per_s"] for c, r in pairs if r["candidates_per_s"]])
+    keep = {m: _stat([x["kept"] / max(x["candidates"], 1) for x in runs[m]]) for m in MODES}
     share = {m: _stat([x["right_share"] for x in runs[m]]) for m in MODES}
-    report.goals.append(common.Goal("continuous kept samples/s vs rounds", ">= 1.5x", speed.fmt(), speed.median >= 1.5))
+    # kept/s = candidates/s x share kept: the first is the system's, the second selection's (tau on R's score).
+    why = (f"the flywheel makes {made.fmt()}x the rounds' candidates per second, but the same tau keeps "
+           f"{keep['continuous'].median:.0%} of them against the rounds' {keep['rounds'].median:.0%}: R, refreshed "
+           "continually on the kept stream, scores lower and more often right (the right-answer share)")
+    report.goals.append(common.Goal("continuous kept samples/s vs rounds", ">= 1.5x", speed.fmt(), speed.median >= 1.5,
+                                    "" if speed.median >= 1.5 else why))
     report.goals.append(common.Goal("kept right-answer share, continuous vs rounds", "no lower",
                                     f"{share['continuous'].fmt()} vs {share['rounds'].fmt()}",
                                     share["continuous"].median >= share["rounds"].median))
     report.data["runs"] = runs
     report.data["ratio_kept_per_s"] = speed
+    report.data["ratio_candidates_per_s"] = made
+
+
+def render() -> None:
+    """Rebuild the committed page from its JSON alone (the tables and goals as this script writes them)."""
+    path = common.RESULTS / "flywheel_vs_rounds.json"
+    saved = json.loads(path.read_text())
+    report = common.Report("flywheel_vs_rounds", False, saved["settings"], machine=saved["machine"])
+    _tables(report, saved["data"]["runs"], saved["settings"]["budget_s"])
+    if saved["data"].get("cycles"):
+        _cycle_tables(report, saved["data"]["cycles"])
+    report.save()
 
 
 def main() -> None:
@@ -162,7 +193,9 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="seed pool and tiny models (default ~/.cache/medgr2_ray)")
     parser.add_argument("--cycles", type=int, default=2, help="whole main jobs per mode (0: none)")
     parser.add_argument("--quick", action="store_true")
-    run(parser.parse_args())
+    parser.add_argument("--render", action="store_true", help="rewrite the page from the committed JSON")
+    args = parser.parse_args()
+    render() if args.render else run(args)
 
 
 if __name__ == "__main__":
