@@ -239,14 +239,17 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False, prefix: str
 
 @dataclass
 class _Evaluations:
-    """Finishes evaluation tasks and puts each on the timeline (from when it started to when it ended)."""
+    """Finishes evaluation tasks and puts each on the timeline, from when the task started to when it
+    ended (as it recorded them in eval/<point>.json; the driver may collect it much later)."""
 
     run_dir: Path
     spans: list[Span]
 
     def finish(self, ref: Any, point: str, started: float) -> EvalResult:
         result = finish_evaluation(ref, self.run_dir, point)
-        self.spans.append(Span(f"evaluate {point.split('_', 1)[1]}", "evaluate", started, time.time()))
+        saved = json.loads((self.run_dir / "eval" / f"{point}.json").read_text())
+        self.spans.append(Span(f"evaluate {point.split('_', 1)[1]}", "evaluate", float(saved.get("started_at", started)),
+                               float(saved.get("ended_at", time.time()))))
         return result
 
 

@@ -8,6 +8,7 @@ learner's GPU) and a crash in evaluation never takes the run down with it. The r
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ def _evaluate(cfg_json: dict[str, Any], model_dir: str, samples: list[dict[str, 
     from medgr2_ray.algo.requests import solver_requests
     from medgr2_ray.learner.inference import PolicyScorer
 
+    began = time.time()  # the task's own times go on the timeline: the driver collects it much later
     cfg = Config.model_validate(cfg_json)
     torch.set_num_threads(cfg.run.torch_threads)
     test = [sample_from_dict(s) for s in samples]
@@ -42,7 +44,8 @@ def _evaluate(cfg_json: dict[str, Any], model_dir: str, samples: list[dict[str, 
     texts = {r.request_id: r.text for r in engine.generate(requests, greedy)}
     picked = [extract_answer(texts[r.request_id], s.options) or "" for r, s in zip(requests, test)]
     strict = accuracy_table(test, picked)
-    return {**asdict(likelihood), "greedy_accuracy": strict.accuracy, "greedy_by_modality": strict.by_modality}
+    return {**asdict(likelihood), "greedy_accuracy": strict.accuracy, "greedy_by_modality": strict.by_modality,
+            "started_at": began, "ended_at": time.time()}
 
 
 def start_evaluation(cfg: Config, model_dir: Path, samples: list[Any]) -> Any:
