@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import ray
 
-from medgr2_ray.actors.rollout import RolloutActor
+from medgr2_ray.actors.rollout import RolloutActor, RolloutSpec
 from medgr2_ray.config import EngineConfig, GRPOConfig, LearnerConfig, ModelConfig
 from medgr2_ray.engines.vllm import vllm_available
 from medgr2_ray.models.tiny import ensure_model_dir
@@ -59,7 +59,7 @@ def test_rollout_actor_with_vllm_runs_an_async_grpo_loop(ray_cluster: None, tmp_
 
     model_dir = ensure_model_dir(ModelConfig(), tmp_path, seed=0, role="policy")
     actor = ray.remote(RolloutActor).options(num_cpus=1, name="RolloutActor-vllm-test").remote(
-        "policy", str(model_dir), ModelConfig(), ENGINE, 0)
+        RolloutSpec("policy", str(model_dir), ModelConfig(), ENGINE, 0))
     assert ray.get(actor.ready.remote(), timeout=900).weight_version == 0
     grpo = GRPOConfig(temperature=1.0, dynamic_sampling=False, group_size=4)
     learner = PolicyLearner(model_dir, ModelConfig(), LearnerConfig(lr=5e-2, micro_batch_size=8), grpo, seed=0)
