@@ -84,7 +84,9 @@ def test_a_full_update_peaks_far_below_a_model_copy(tmp_path: Path) -> None:
               f"{stats.largest_bucket / 2**20:.2f} MiB): peak host memory +{peak / 2**20:.1f} MiB over "
               f"{len(samples)} samples")
         assert stats.buckets > 10 and stats.bytes == model_bytes
-        assert peak < model_bytes / 2
+        # No full-model copy: the whole model held twice would add model_bytes. Measured +41 to +81 MiB for
+        # 152.6 MiB (the sampled RSS also moves with the engine's own allocator), so the bound leaves room.
+        assert peak < 0.75 * model_bytes
         # (That the streamed weights are right, bucket by bucket, test_vllm_engine.py checks against a
         # fresh engine; here the update must at least have happened.)
         assert engine.weight_version == 1 and engine.generate(request, greedy)[0].weight_version == 1
