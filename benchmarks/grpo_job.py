@@ -288,3 +288,67 @@ def ray_init(num_cpus: int = 4) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, namespace="medgr2-bench",
              object_store_memory=1 << 30, _system_config=common.RAY_SYSTEM_CONFIG,
              runtime_env={"env_vars": env, "worker_process_setup_hook": "common.suppress_vision_tokens_on_import"})
+
+
+@dataclass
+class OverlapRun:
+    """Seconds per step of each stage while both run at once in two plain processes (no Ray, no hand-over):
+    the machine's own limit for overlapping them, whatever orchestrates them."""
+
+    rollout_s: list[float] = field(default_factory=list)  # load + generate + score, per step
+    learner_s: list[float] = field(default_factory=list)  # train + export, per step
+
+    def step_s(self) -> float:
+        """The slower side's median: the overlapped step's length."""
+        return max(float(np.median(self.rollout_s)), float(np.median(self.learner_s)))
+
+
+def _overlap_side(side: str, shape: JobShape, policy_dir: Path, seed: int, barrier: Any, out: Any) -> None:
+    """One side of `run_overlapped` in its own process: the rollout side reloads its weights and generates
+    each step, the learner side trains on groups it generated once (before the timed steps) and exports."""
+    from dataclasses import replace
+
+    from medgr2_ray.engines.hf import HFEngine
+    from medgr2_ray.learner.policy import PolicyLearner
+    from medgr2_ray.types import SamplingParams
+
+    common.single_thread()
+    common.suppress_vision_tokens()
+    cfg = job_config(shape, 0, seed)
+    engine = HFEngine(policy_dir, cfg.policy, cfg.engine, seed=seed + 1000)
+    sampling = SamplingParams(n=shape.group_size, temperature=cfg.grpo.temperature, max_new_tokens=shape.max_new_tokens)
+    prompts = job_requests(shape.prompts_per_step)
+    learner = PolicyLearner(policy_dir, cfg.policy, cfg.learner, cfg.grpo, seed) if side == "learner" else None
+    flat = PolicyLearner(policy_dir, cfg.policy, cfg.learner, cfg.grpo, seed).export_weights() if side == "rollout" else None
+    groups = _score(prompts, engine.generate(prompts, sampling), cfg) if learner is not None else []
+    times = []
+    barrier.wait()  # both sides start their steps together
+    for step in range(shape.warmup_steps + shape.steps):
+        start = time.perf_counter()
+        if learner is not None:
+            learner.grpo_step(groups)
+            learner.export_weights()
+        else:
+            engine.load_weights(flat, step + 1)
+            batch = [replace(p, request_id=f"{step}:{k}") for k, p in enumerate(prompts)]
+            _score(batch, engine.generate(batch, sampling), cfg)
+        if step >= shape.warmup_steps:
+            times.append(time.perf_counter() - start)
+    out.put((side, times))
+
+
+def run_overlapped(shape: JobShape, policy_dir: Path, seed: int = 0) -> OverlapRun:
+    """The rollout side and the learner side of the job at the same time, each in its own plain process
+    with one torch thread, as many steps each: what two cores give two overlapping stages here."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_overlap_side, args=(side, shape, policy_dir, seed, barrier, out))
+             for side in ("rollout", "learner")]
+    for p in procs:
+        p.start()
+    got = dict(out.get(timeout=1800) for _ in procs)
+    for p in procs:
+        p.join()
+    return OverlapRun(got["rollout"], got["learner"])

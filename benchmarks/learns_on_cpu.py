@@ -161,7 +161,7 @@ def select_one(job: SelectionJob, cfg: Config, steps: int, with_seeds: bool = Fa
     both, evaluated on the held-out test of the split the run was made on."""
     torch.set_num_threads(1)
     run = load_run(cfg, job.run)
-    top = cycle_selection(run.rule, run.candidates)
+    top = cycle_selection(run)
     rnd = random.Random(job.seed).sample(run.candidates, len(top))
     base = run.split.seeds if with_seeds else []
     row: dict = {"seed": job.seed, "random_k_ids": [s.sample_id for s in rnd]}
@@ -189,6 +189,7 @@ class RunData:
     split: Split
     candidates: list[Sample]
     rule: SelectionConfig
+    kept: list[Sample] | None = None  # a continuous run's kept modality questions (None: a rounds run)
 
 
 def load_run(cfg: Config, run: Path) -> RunData:
@@ -201,18 +202,22 @@ def load_run(cfg: Config, run: Path) -> RunData:
     if leaked:  # the run was made with another pool or split: its candidates would show the test studies
         raise SystemExit(f"{run}: {len(leaked)} candidate images are not training images of split {split_seed} "
                          f"(e.g. {leaked[0]}); pass runs made with `--set run.seed=N` at this pool")
-    return RunData(split_seed, split, candidates, selection_rule(run_cfg))
+    # The flywheel selects as the stream goes (its window, quotas and guard): what it kept is its selection.
+    kept = (None if run_cfg.cycle.mode == "rounds" else
+            [s for s in read_samples(run / "data" / "stream" / "kept.jsonl") if s.task_type == TaskType.MODALITY])
+    return RunData(split_seed, split, candidates, selection_rule(run_cfg), kept)
 
 
 def run_candidates(run: Path) -> list[Sample]:
     """A finished run's scored, generated modality questions (every round)."""
     # Modality questions only: the held-out test asks for the modality, so an anatomy question in one
     # subset and not in the other would change what is measured, not how well R selects.
-    candidates = [s for p in sorted((run / "data").glob("round_*/samples.jsonl")) for s in read_samples(p)
+    logs = sorted((run / "data").glob("round_*/samples.jsonl")) + sorted((run / "data").glob("stream/samples.jsonl"))
+    candidates = [s for p in logs for s in read_samples(p)
                   if s.provenance.reward is not None and np.isfinite(s.provenance.reward)
                   and s.task_type == TaskType.MODALITY]
     if len(candidates) < 2:
-        raise SystemExit(f"{run}: {len(candidates)} scored candidates under data/round_*/samples.jsonl; "
+        raise SystemExit(f"{run}: {len(candidates)} scored candidates under data/round_*/ or data/stream/samples.jsonl; "
                          "run `medgr2 run` first (with at least one round) and pass its run directory")
     return candidates
 
@@ -223,9 +228,12 @@ def selection_rule(cfg: Config) -> SelectionConfig:
     return cfg.selection.model_copy(update={"mode": "reward"})
 
 
-def cycle_selection(rule: SelectionConfig, candidates: list[Sample]) -> list[Sample]:
-    """The samples the cycle's rule keeps of these candidates."""
-    return list(select_samples(candidates, rule, seed=0).kept)
+def cycle_selection(data: RunData) -> list[Sample]:
+    """The samples the cycle kept of these candidates: the flywheel's kept stream, or the rounds' rule
+    (tau, top-K, balanced) applied to them."""
+    if data.kept is not None:
+        return data.kept
+    return list(select_samples(data.candidates, data.rule, seed=0).kept)
 
 
 def pool_images(cfg: Config) -> dict:
@@ -243,7 +251,7 @@ def measure_selection(cfg: Config, runs: list[Path], seeds: list[int], steps: in
     out = []
     for run in runs:
         data = load_run(cfg, run)
-        top = cycle_selection(data.rule, data.candidates)
+        top = cycle_selection(data)
         entry = {"run": str(run), "split": data.split_seed, "candidates": len(data.candidates), "k": len(top),
                  "with_seeds": with_seeds, "rule": data.rule.model_dump(mode="json"),
                  # does R pick faithful samples? (modality answers checked against the image's metadata)
@@ -266,7 +274,7 @@ def solver_one(run: Path, cfg: Config, steps: int) -> dict:
     data = load_run(cfg, run)
     split, candidates = data.split_seed, data.candidates
     seeds, test, pixels = data.split.seeds, data.split.test, data.split.pixels
-    top = cycle_selection(data.rule, candidates)
+    top = cycle_selection(data)
     rnd = random.Random(split).sample(candidates, len(top))
     images = pool_images(cfg)
     row: dict = {"run": str(run), "seed": split, "candidates": len(candidates), "k": len(top),
@@ -325,8 +333,8 @@ def goal_line(name: str, summary: dict) -> str:
 def solver_lines(solver: dict) -> list[str]:
     """Markdown of the MedGR² solver measurement: seeds alone, + random K, + the cycle's top-K, per split."""
     pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
-    lines = ["", "The MedGR² solver: SFT on the template seeds beside the cycle's selection (tau, top-K, balanced) "
-                 "of a one-round run made on the same study split, against the seeds alone and the seeds beside a "
+    lines = ["", "The MedGR² solver: SFT on the template seeds beside the cycle's selection (a rounds run: tau, "
+                 "top-K, balanced; a continuous run: what its stream kept) of a run made on the same study split, against the seeds alone and the seeds beside a "
                  "random K of the same candidates (same init, seed and steps; held-out studies only):", "",
              "| split | candidates (faithful) | K (faithful top-K / random K) | untrained | seeds only | "
              "seeds + random K | seeds + top-K (greedy) | blind bound | per modality (seeds + top-K) |",
