@@ -93,3 +93,45 @@ def report_cpu(report: Any, cpu_s: dict[str, list[dict[str, float]]], steps: dic
     report.table("CPU ms per step by process of the Ray cluster, over the timed steps (median over repetitions; "
                  "Linux counts 10 ms ticks, so small rows are coarse)", ["process", *per_step], rows)
     report.data["cpu_ms_per_step"] = per_step
+
+
+class MachineCPU:
+    """The whole machine's CPU use over time (/proc/stat, sampled by a thread every `every_s`): a benchmark
+    that runs alone can ask which share of all cores was busy between two wall-clock moments."""
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        import threading
+
+        self.samples: list[tuple[float, float, float]] = []  # (time.time(), busy ticks, all ticks)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+
+    @staticmethod
+    def _ticks() -> tuple[float, float]:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    def _run(self, every_s: float) -> None:
+        import time
+
+        while not self._stop.is_set():
+            self.samples.append((time.time(), *self._ticks()))
+            self._stop.wait(every_s)
+
+    def __enter__(self) -> "MachineCPU":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def busy_share(self, start: float, end: float) -> float:
+        """Share of all cores' time that was busy between `start` and `end` (the nearest samples)."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return float("nan")
+        (_, b0, a0), (_, b1, a1) = inside[0], inside[-1]
+        return (b1 - b0) / (a1 - a0) if a1 > a0 else float("nan")

@@ -142,6 +142,7 @@ class DataRun:
     ledger: Any  # the data lane's DataLedger
     timeline: Path
     data_seconds: float  # from the end of the bootstrap to the end of the data phase
+    data_started: float  # wall-clock (time.time()) at the end of the bootstrap
 
 
 
@@ -169,8 +170,10 @@ def run_data_only(cfg: Config, progress: Progress, resume: bool = False, budget_
             timeline = _write_timeline(system, wheel, run_dir, start)
         finally:
             system.shutdown()
-    data_seconds = wheel.marks.get("data_end", time.time()) - wheel.marks.get("bootstrapped", start)
-    return DataRun(run_dir, kept, reward_dir, time.time() - start, wheel.lane.ledger, timeline, data_seconds)
+    data_started = wheel.marks.get("bootstrapped", start)
+    data_seconds = wheel.marks.get("data_end", time.time()) - data_started
+    return DataRun(run_dir, kept, reward_dir, time.time() - start, wheel.lane.ledger, timeline, data_seconds,
+                   data_started)
 
 
 def _grpo(cfg: Config, system: ActorSystem, wheel: Flywheel, train_set: list[Sample], run_dir: Path,
