@@ -35,7 +35,8 @@ measured against pi_prox (the trust region of this update only), and the off-pol
 the importance weight pi_prox / pi_behav, truncated at `importance_cap` (truncated IS: bounded
 variance, bias only on the truncated tokens), detached so it rescales the gradient without being
 optimized. Every token's contribution stays bounded, by importance_cap * max(1 + clip_high,
-importance_cap) * |A|.
+importance_cap) * |A|. (AReaL drops the tokens whose weight exceeds its cap; we truncate them, like
+veRL/slime's TIS, so a very stale token still pushes in its advantage's direction, at bounded weight.)
 
 With max_staleness = 0 the two coincide up to engine-vs-learner numerics: pi_prox = pi_behav, w = 1.
 
