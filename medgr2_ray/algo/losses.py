@@ -3,23 +3,51 @@
 Each objective is a pure function `(tensors, config) -> (loss, metrics)`: the loss is a scalar that
 carries gradients, the metrics are plain floats for logging. No Ray, no models.
 
-GRPO policy loss, per completion token t of sequence i (A_i its group-relative advantage):
+Three policies meet in an asynchronous GRPO step, for each completion token t of sequence i:
+    pi_behav  the rollout engine's weights when it sampled the token (`old_logprobs`, recorded by the
+              engine; up to `grpo.max_staleness` versions behind the learner);
+    pi_prox   the learner's weights at the start of this step (the *proximal* policy);
+    pi_theta  the weights being optimized (`logprobs`, carries gradients).
+A_i is the group-relative advantage. Both objectives share the PPO clip with clip-higher and a dual
+clip for negative advantages:
 
-    r      = exp(logprob - old_logprob)            importance ratio against the *behaviour* policy
-    pg     = -min(r * A, clip(r, 1 - clip_low, 1 + clip_high) * A)      PPO clip with clip-higher
-    pg     = min(pg, importance_cap * |A|)   when A < 0                 dual clip = truncation
-    loss_t = pg + kl_coef * KL_estimator(logprob, ref_logprob)
+    ppo(r, A) = -min(r * A, clip(r, 1 - clip_low, 1 + clip_high) * A)
+    ppo(r, A) = min(ppo(r, A), importance_cap * |A|)   when A < 0                 (dual clip)
 
-Why this combination. `old_logprob` is what the rollout engine recorded when it sampled the token,
-possibly several weight versions ago (asynchronous loop). The ratio therefore measures both the drift
-of this update and the staleness of the rollout. For A > 0 the PPO clip already bounds the objective
-by (1 + clip_high) * A, and gives zero gradient beyond it. For A < 0 the PPO objective
-max(r, clip(r)) * |A| is *unbounded* in r: one stale token whose probability rose a lot since
-rollout would dominate the batch. Truncating it at `importance_cap` (veRL's dual clip, the same bound
-as truncated importance sampling) caps every token's weight, and its gradient is zero beyond the cap.
-So every token's contribution is bounded by max(1 + clip_high, importance_cap) * |A|.
-We do not add a separate detached TIS weight because we keep a single behaviour log-prob per token
-(no learner-side recomputation of the old policy); the ratio above *is* that importance weight.
+Behaviour-clipped PPO (`grpo.proximal_clip = false`, the objective of PPO/GRPO as usually written):
+
+    loss_t = ppo(pi_theta / pi_behav, A)
+
+Decoupled PPO (`grpo.proximal_clip = true`; Fu et al. 2025, AReaL, "decoupled PPO objective"; veRL
+and slime's truncated importance sampling with a proximal policy):
+
+    w      = min(pi_prox / pi_behav, importance_cap)        detached: a weight, not a gradient path
+    loss_t = w * ppo(pi_theta / pi_prox, A)
+
+Why two. The clip exists to keep *this update* inside a trust region around the policy it starts
+from. Behaviour-clipped PPO measures the ratio against pi_behav, so with a stale rollout the ratio
+measures staleness plus drift: a positive-advantage token whose probability rose since the rollout by
+more than 1 + clip_high sits in the clipped region *before this update has moved anything* and gets
+zero gradient; a negative one that fell below 1 - clip_low likewise. The asynchronous loop, where
+almost every group is one version stale, therefore learns from a shrinking share of its tokens, the
+more so the larger the learning rate. The decoupled objective splits the two roles: the clip is
+measured against pi_prox (the trust region of this update only), and the off-policy correction is
+the importance weight pi_prox / pi_behav, truncated at `importance_cap` (truncated IS: bounded
+variance, bias only on the truncated tokens), detached so it rescales the gradient without being
+optimized. Every token's contribution stays bounded, by importance_cap * max(1 + clip_high,
+importance_cap) * |A|. (AReaL drops the tokens whose weight exceeds its cap; we truncate them, like
+veRL/slime's TIS, so a very stale token still pushes in its advantage's direction, at bounded weight.)
+
+With max_staleness = 0 the two coincide up to engine-vs-learner numerics: pi_prox = pi_behav, w = 1.
+
+The learner takes one optimizer step per GRPO batch, so pi_prox is the current forward's log-probs,
+detached (`PolicyLossInputs.proximal_logprobs = None`): no extra forward pass. Then the proximal
+ratio is exactly 1 in value, the clip never binds, and the gradient is plain policy gradient with
+truncated importance weights, -w * A * grad log pi_theta. A caller that takes several optimizer
+steps per batch must pass the log-probs of the first forward, computed before any update, as
+`proximal_logprobs`.
+
+KL penalty, when kl_coef > 0 (both objectives): loss_t += kl_coef * KL_estimator(logprob, ref_logprob).
 
 Aggregation (`loss_agg`), with M the completion mask:
     token_mean            sum_{i,t} M l / (number of tokens)                  (DAPO; long answers weigh more)
@@ -28,6 +56,12 @@ Aggregation (`loss_agg`), with M the completion mask:
 When gradients accumulate over micro-batches, pass the *global* denominator as `normalizer`
 (`loss_normalizer` summed over the micro-batches); then the summed micro-batch losses equal the
 full-batch loss exactly.
+
+Metrics. clip_frac(_low/_high), truncated_frac (dual clip) and ratio_* describe the ratio the clip
+acts on: pi_theta / pi_behav (behaviour-clipped) or pi_theta / pi_prox (decoupled). behaviour_* describe
+pi_prox / pi_behav in both modes (how stale the rollouts are): behaviour_weight_mean/max the truncated
+weight, behaviour_ratio_max before truncation, behaviour_capped_frac the share truncated. In the
+decoupled mode they are the weights applied; in the behaviour-clipped mode a diagnostic.
 """
 
 from __future__ import annotations
@@ -58,6 +92,9 @@ class PolicyLossInputs:
     mask: torch.Tensor  # [B, T] 1.0 for completion tokens, 0.0 for padding
     ref_logprobs: torch.Tensor | None = None  # [B, T] reference model, for the KL penalty
     entropy: torch.Tensor | None = None  # [B, T] per-token policy entropy, only logged
+    # [B, T] proximal-policy log-probs (the weights at the start of this step). None: `logprobs`
+    # detached, right when the batch gets one optimizer step (see the module docstring).
+    proximal_logprobs: torch.Tensor | None = None
 
 
 def _check_policy_inputs(inp: PolicyLossInputs) -> None:
@@ -65,7 +102,7 @@ def _check_policy_inputs(inp: PolicyLossInputs) -> None:
     shape = tuple(inp.logprobs.shape)
     if len(shape) != 2:
         raise ValueError(f"PolicyLossInputs.logprobs must be [batch, tokens], got shape {shape}")
-    for name in ("old_logprobs", "mask", "ref_logprobs", "entropy"):
+    for name in ("old_logprobs", "mask", "ref_logprobs", "entropy", "proximal_logprobs"):
         value = getattr(inp, name)
         if value is not None and tuple(value.shape) != shape:
             raise ValueError(f"PolicyLossInputs.{name} has shape {tuple(value.shape)}, expected {shape} like logprobs")
@@ -132,7 +169,7 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
 def _policy_metrics(
     ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, cfg: GRPOConfig
 ) -> dict[str, float]:
-    """Clip/truncation fractions and ratio statistics over the completion tokens."""
+    """Clip/truncation fractions and statistics of the ratio the PPO clip acts on."""
     valid = mask > 0
     low = (adv < 0) & (ratio < 1.0 - cfg.clip_low)
     high = (adv > 0) & (ratio > 1.0 + cfg.clip_high)
@@ -151,10 +188,64 @@ def _policy_metrics(
     }
 
 
+def _behaviour_metrics(behaviour_ratio: torch.Tensor, mask: torch.Tensor, cfg: GRPOConfig) -> dict[str, float]:
+    """Statistics of pi_prox / pi_behav: the staleness correction (applied only when proximal_clip)."""
+    valid = mask > 0
+    m = mask.to(behaviour_ratio.dtype)
+    weight = behaviour_ratio.clamp(max=cfg.importance_cap)
+    any_valid = bool(valid.any())
+    return {
+        "behaviour_weight_mean": _masked_mean(weight, m),
+        "behaviour_weight_max": float(weight[valid].max().item()) if any_valid else 0.0,
+        "behaviour_ratio_max": float(behaviour_ratio[valid].max().item()) if any_valid else 0.0,
+        "behaviour_capped_frac": _masked_mean((behaviour_ratio > cfg.importance_cap).to(m.dtype), m),
+    }
+
+
+def _ppo_clipped(ratio: torch.Tensor, adv: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
+    """Per-token PPO loss with clip-higher, plus the dual clip that bounds negative advantages."""
+    clipped = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    pg = -torch.min(ratio * adv, clipped * adv)
+    # Dual clip: for negative advantages the PPO objective grows with r without bound; truncate.
+    # Strictly above the bound only: torch.min splits the gradient of a tie in half, and a tie is the
+    # rule, not the exception, at r = 1 with importance_cap = 1 (the decoupled objective's one step).
+    bound = -adv * cfg.importance_cap
+    return torch.where((adv < 0) & (pg > bound), bound, pg)
+
+
+def _log_ratio_exp(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """exp(num - den), the log-ratio clamped so float32 cannot overflow."""
+    return torch.exp((num - den).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))
+
+
+def _masked(values: torch.Tensor | None, valid: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+    """`values` as `like`'s dtype, detached, with padding zeroed (engines may write -inf/NaN there)."""
+    if values is None:
+        return None
+    return torch.where(valid, values.to(like.dtype).detach(), torch.zeros_like(like))
+
+
+def _policy_gradient_term(
+    logprobs: torch.Tensor, old: torch.Tensor, proximal: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+    cfg: GRPOConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token policy loss of the configured objective (decoupled or behaviour-clipped) and its metrics."""
+    behaviour_ratio = _log_ratio_exp(proximal, old)  # detached: both inputs are
+    if cfg.proximal_clip:
+        ratio = _log_ratio_exp(logprobs, proximal)
+        pg = behaviour_ratio.clamp(max=cfg.importance_cap) * _ppo_clipped(ratio, adv, cfg)
+    else:
+        ratio = _log_ratio_exp(logprobs, old)
+        pg = _ppo_clipped(ratio, adv, cfg)
+    metrics = {**_policy_metrics(ratio.detach(), adv, mask, cfg), **_behaviour_metrics(behaviour_ratio, mask, cfg)}
+    return pg, metrics
+
+
 def grpo_loss(
     inp: PolicyLossInputs, cfg: GRPOConfig, normalizer: float | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The clipped, truncated GRPO policy loss (+ KL penalty) and its metrics; see the module docstring.
+    """The GRPO policy loss (+ KL penalty) and its metrics: decoupled PPO when `cfg.proximal_clip`,
+    else PPO clipped against the behaviour policy; see the module docstring.
 
     `normalizer`: the global denominator when gradients accumulate over micro-batches (total tokens
     for token_mean, total non-empty sequences for the seq-mean modes); None = this micro-batch's own.
@@ -170,16 +261,13 @@ def grpo_loss(
     adv = inp.advantages.to(logprobs.dtype)
     adv = adv.unsqueeze(-1).expand_as(logprobs) if adv.dim() == 1 else adv
     adv = torch.where(valid, adv, torch.zeros_like(adv))
-    old = torch.where(valid, inp.old_logprobs.to(logprobs.dtype).detach(), torch.zeros_like(logprobs))
-    ratio = torch.exp((logprobs - old).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))
-    clipped = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
-    pg = -torch.min(ratio * adv, clipped * adv)
-    # Dual clip: for negative advantages the PPO objective grows with r without bound; truncate.
-    pg = torch.where(adv < 0, torch.min(pg, -adv * cfg.importance_cap), pg)
+    old = _masked(inp.old_logprobs, valid, logprobs)
+    proximal = _masked(inp.proximal_logprobs if inp.proximal_logprobs is not None else logprobs, valid, logprobs)
+    assert old is not None and proximal is not None
+    pg, metrics = _policy_gradient_term(logprobs, old, proximal, adv, mask, cfg)
     per_token = pg
-    metrics = _policy_metrics(ratio.detach(), adv, mask, cfg)
-    if inp.ref_logprobs is not None:
-        ref = torch.where(valid, inp.ref_logprobs.to(logprobs.dtype).detach(), torch.zeros_like(logprobs))
+    ref = _masked(inp.ref_logprobs, valid, logprobs)
+    if ref is not None:
         kl = kl_penalty(logprobs, ref, cfg.kl_estimator)
         metrics["kl"] = _masked_mean(kl.detach(), mask)
         if cfg.kl_coef > 0:

@@ -178,7 +178,15 @@ class GRPOConfig(_Section):
     clip_high: float = Field(0.28, ge=0.0)
     """PPO ratio clip above 1 (1 + clip_high; > clip_low is DAPO's clip-higher)."""
     importance_cap: float = Field(2.0, ge=1.0)
-    """Truncation of the behaviour/old-policy importance weight for stale rollouts."""
+    """Truncation of the behaviour importance weight for stale rollouts (pi_prox / pi_behav when
+    `proximal_clip`), and the dual clip of negative-advantage ratios."""
+    proximal_clip: bool = True
+    """Decoupled PPO (Fu et al. 2025, AReaL): clip the ratio against the *proximal* policy (the learner's
+    weights at the start of the step) and correct for stale rollouts with the detached importance weight
+    pi_prox / pi_behav truncated at `importance_cap`. False clips against the behaviour policy (the
+    engine's log-probs), where a stale rollout's ratio measures staleness, not this update: rewarded
+    tokens whose probability already rose past 1 + clip_high get no gradient, and the async loop learns
+    slowly. Synchronously (max_staleness=0) both are the same objective. See `algo/losses.py`."""
     kl_coef: float = Field(0.0, ge=0.0)
     """KL penalty coefficient against the reference model (0 disables the reference)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"

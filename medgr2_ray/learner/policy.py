@@ -5,9 +5,12 @@ GRPO step, for the scored groups one rank receives:
 2. dynamic sampling (when on) drops groups whose rewards are all equal: their advantages are zero;
 3. advantages are group-relative (`algo.group_advantages`), one per completion, broadcast over tokens;
 4. rows go through the model `micro_batch_size` at a time; each micro-batch loss is `algo.grpo_loss`
-   with the behaviour log-probs recorded by the engine (`Rollout.logprobs`) as the old policy, so the
-   importance ratio corrects for stale rollouts, and with the global token/sequence count as
-   normaliser, so the accumulated gradient equals the full-batch gradient;
+   with the behaviour log-probs recorded by the engine (`Rollout.logprobs`), which correct for stale
+   rollouts, and with the global token/sequence count as normaliser, so the accumulated gradient
+   equals the full-batch gradient. With `grpo.proximal_clip` (decoupled PPO) the proximal policy is
+   the current forward's log-probs detached: every micro-batch's forward runs before the step's one
+   optimizer update, so they are the weights at the start of the step, with no extra forward pass
+   (several updates per batch would have to keep the first forward's log-probs instead);
 5. the KL reference is the same network with LoRA disabled when training LoRA (no second copy),
    else a frozen copy made at start-up; it exists only when `kl_coef > 0`.
 
@@ -44,6 +47,10 @@ GRPO_COUNTS = (
     "groups_dropped_rewards_nonfinite", "rollouts_dropped_empty", "rollouts_dropped_bad_logprobs",
     "rollouts_dropped_vision_token", "rows",
 )
+
+
+# grpo_loss metrics that reduce by maximum over micro-batches and ranks (all others: token-weighted mean).
+_MAXED_METRICS = ("ratio_max", "behaviour_weight_max", "behaviour_ratio_max")
 
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
@@ -243,7 +250,7 @@ class PolicyLearner(Trainer):
             metrics = self._policy_micro_step(batch, totals[0], weight)
             parts.append(metrics)
             weights.append(metrics["tokens"] * weight)
-        out = reduce_metrics(parts, weights, summed=("loss", "pg_loss", "tokens"), maxed=("ratio_max",))
+        out = reduce_metrics(parts, weights, summed=("loss", "pg_loss", "tokens"), maxed=_MAXED_METRICS)
         return {**out, **stats, "skipped": 0.0}
 
     # ------------------------------------------------------------ SFT

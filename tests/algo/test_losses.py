@@ -25,13 +25,19 @@ AGGS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean")
 
 
 def _ref_token_loss(lp: float, old: float, a: float, ref: float | None, cfg: GRPOConfig) -> float:
-    """The per-token GRPO loss written out case by case with python floats (no torch)."""
-    r = math.exp(lp - old)
+    """The per-token GRPO loss written out case by case with python floats (no torch).
+
+    Decoupled (proximal_clip): the proximal policy is lp itself (one optimizer step per batch), so the
+    proximal ratio is 1 and the loss is the truncated behaviour weight times the PPO term at r = 1.
+    """
+    r = 1.0 if cfg.proximal_clip else math.exp(lp - old)
+    weight = min(math.exp(lp - old), cfg.importance_cap) if cfg.proximal_clip else 1.0
     lo, hi = 1 - cfg.clip_low, 1 + cfg.clip_high
     if a >= 0:
         pg = -a * min(r, hi)  # min(rA, clip(r)A) for A >= 0 is A * min(r, hi) (r < lo stays unclipped)
     else:
         pg = -a * min(max(r, lo), cfg.importance_cap)  # max(r, clip(r)) = max(r, lo), then dual clip
+    pg *= weight
     if ref is not None and cfg.kl_coef > 0:
         d = lp - ref
         kl = {"k1": d, "k2": 0.5 * d * d, "k3": math.exp(-d) + d - 1}[cfg.kl_estimator]
@@ -72,10 +78,11 @@ def _inputs(ref: bool = True) -> PolicyLossInputs:
     )
 
 
+@pytest.mark.parametrize("proximal_clip", (True, False))
 @pytest.mark.parametrize("agg", AGGS)
 @pytest.mark.parametrize("estimator", ("k1", "k2", "k3"))
-def test_grpo_loss_matches_independent_formula(agg: str, estimator: str) -> None:
-    cfg = GRPOConfig(loss_agg=agg, kl_coef=0.1, kl_estimator=estimator)
+def test_grpo_loss_matches_independent_formula(agg: str, estimator: str, proximal_clip: bool) -> None:
+    cfg = GRPOConfig(loss_agg=agg, kl_coef=0.1, kl_estimator=estimator, proximal_clip=proximal_clip)
     loss, metrics = grpo_loss(_inputs(), cfg)
     lp_clean = [row[:] for row in LP]
     expected = _ref_loss(lp_clean, OLD, ADV, MASK, REF, cfg)
@@ -96,6 +103,7 @@ def test_grpo_aggregation_by_hand() -> None:
 
 
 def test_clip_and_truncation_regions_by_hand() -> None:
+    """The behaviour-clipped objective (proximal_clip off): clip and dual clip against pi_behav."""
     # token 0: A=+1, r=1.5 -> clipped at 1.28 (no grad); token 1: A=-1, r=0.5 -> clipped at 0.8 (no grad);
     # token 2: A=-1, r=3 -> truncated at importance_cap 2 (no grad); token 3: A=-1, r=1.5 -> 1.5, grad 1.5.
     ratios = torch.tensor([[1.5, 0.5, 3.0, 1.5]], dtype=torch.float64)
@@ -103,7 +111,7 @@ def test_clip_and_truncation_regions_by_hand() -> None:
     lp = torch.log(ratios).requires_grad_(True)
     inp = PolicyLossInputs(logprobs=lp, old_logprobs=old, advantages=torch.tensor([[1.0, -1.0, -1.0, -1.0]]),
                            mask=torch.ones(1, 4))
-    loss, m = grpo_loss(inp, GRPOConfig(loss_agg="seq_mean_token_sum", importance_cap=2.0))
+    loss, m = grpo_loss(inp, GRPOConfig(loss_agg="seq_mean_token_sum", importance_cap=2.0, proximal_clip=False))
     assert loss.item() == pytest.approx(-1.28 + 0.8 + 2.0 + 1.5)
     loss.backward()
     torch.testing.assert_close(lp.grad, torch.tensor([[0.0, 0.0, 0.0, 1.5]], dtype=torch.float64))
@@ -172,11 +180,11 @@ def _random_batch(b: int, t: int, seed: int) -> PolicyLossInputs:
 
 
 @settings(max_examples=60, deadline=None)
-@given(shape=batch_shapes, agg=st.sampled_from(AGGS), est=st.sampled_from(("k1", "k2", "k3")))
-def test_micro_batched_accumulation_equals_full_batch(shape: tuple[int, int, int], agg: str, est: str) -> None:
+@given(shape=batch_shapes, agg=st.sampled_from(AGGS), est=st.sampled_from(("k1", "k2", "k3")), prox=st.booleans())
+def test_micro_batched_accumulation_equals_full_batch(shape: tuple[int, int, int], agg: str, est: str, prox: bool) -> None:
     b, t, seed = shape
     full = _random_batch(b, t, seed)
-    cfg = GRPOConfig(loss_agg=agg, kl_coef=0.05, kl_estimator=est)
+    cfg = GRPOConfig(loss_agg=agg, kl_coef=0.05, kl_estimator=est, proximal_clip=prox)
     lp_full = full.logprobs.clone().requires_grad_(True)
     loss_full, _ = grpo_loss(PolicyLossInputs(**{**full.__dict__, "logprobs": lp_full}), cfg)
     loss_full.backward()
@@ -198,8 +206,8 @@ def test_micro_batched_accumulation_equals_full_batch(shape: tuple[int, int, int
 
 
 @settings(max_examples=60, deadline=None)
-@given(shape=batch_shapes, agg=st.sampled_from(AGGS))
-def test_gradient_signs_and_masked_tokens(shape: tuple[int, int, int], agg: str) -> None:
+@given(shape=batch_shapes, agg=st.sampled_from(AGGS), prox=st.booleans())
+def test_gradient_signs_and_masked_tokens(shape: tuple[int, int, int], agg: str, prox: bool) -> None:
     """On-policy (ratio 1): a positive-advantage token's log-prob gradient points up, a negative one's down,
     and masked tokens get exactly zero gradient, whatever garbage sits in their slots."""
     b, t, seed = shape
@@ -210,7 +218,7 @@ def test_gradient_signs_and_masked_tokens(shape: tuple[int, int, int], agg: str)
     old = lp.detach().clone()
     old[batch.mask == 0] = float("-inf")
     inp = PolicyLossInputs(logprobs=lp, old_logprobs=old, advantages=batch.advantages, mask=batch.mask)
-    loss, _ = grpo_loss(inp, GRPOConfig(loss_agg=agg))
+    loss, _ = grpo_loss(inp, GRPOConfig(loss_agg=agg, proximal_clip=prox))
     loss.backward()
     grad = lp.grad
     assert bool(torch.isfinite(grad).all()) and bool((grad[batch.mask == 0] == 0).all())
@@ -221,13 +229,16 @@ def test_gradient_signs_and_masked_tokens(shape: tuple[int, int, int], agg: str)
     assert bool((descent[on & (adv < 0)] < 0).all())
 
 
-def test_grpo_learns_a_bandit_from_stale_rollouts() -> None:
+@pytest.mark.parametrize("proximal_clip", (True, False))
+def test_grpo_learns_a_bandit_from_stale_rollouts(proximal_clip: bool) -> None:
     """Learning: a 5-armed bandit policy trained with group advantages + grpo_loss on rollouts sampled by
-    a policy one update old (stale behaviour log-probs) concentrates on the rewarded arm."""
+    a policy one update old (stale behaviour log-probs) concentrates on the rewarded arm. Two updates
+    per batch: the decoupled objective gets the first forward's log-probs as the proximal policy."""
     torch.manual_seed(0)
     logits = torch.zeros(5, requires_grad=True)
     opt = torch.optim.SGD([logits], lr=0.5)
-    cfg = GRPOConfig(loss_agg="seq_mean_token_sum", clip_low=0.2, clip_high=0.28, importance_cap=2.0)
+    cfg = GRPOConfig(loss_agg="seq_mean_token_sum", clip_low=0.2, clip_high=0.28, importance_cap=2.0,
+                     proximal_clip=proximal_clip)
     from medgr2_ray.algo.advantages import group_advantages
 
     behaviour = logits.detach().clone()
@@ -238,10 +249,11 @@ def test_grpo_learns_a_bandit_from_stale_rollouts() -> None:
         adv = group_advantages(rewards, scale_by_std=False).reshape(-1, 1)
         old = torch.log_softmax(behaviour, 0)[arms].reshape(-1, 1)
         behaviour = logits.detach().clone()  # the next rollouts come from this (now stale) version
+        proximal = torch.log_softmax(behaviour, 0)[arms].reshape(-1, 1)  # before this batch's first update
         for _ in range(2):  # two updates per batch: the second sees ratios != 1
             lp = torch.log_softmax(logits, 0)[arms].reshape(-1, 1)
             loss, _ = grpo_loss(PolicyLossInputs(logprobs=lp, old_logprobs=old, advantages=adv[:, 0],
-                                                 mask=torch.ones_like(lp)), cfg)
+                                                 mask=torch.ones_like(lp), proximal_logprobs=proximal), cfg)
             opt.zero_grad()
             loss.backward()
             opt.step()
