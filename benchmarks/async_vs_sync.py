@@ -14,7 +14,8 @@ and the learner side in two plain processes at once, no Ray, no hand-over), so
     machine limit = (G + S + T + E + L) / max(rollout side, learner side) while overlapped,
 the best any orchestrator could reach here. Rollout-actor stall by weight sync = L / (G + L): the share
 of the rollout actor's time spent loading. The loop runs as by default (calls chained, the learner's
-next step queued ahead: `loop.chain_calls`, `loop.take_ahead`), Ray's workers at this process's priority
+next step queued ahead, its successor's generate calls chained on it: `loop.chain_calls`,
+`loop.take_ahead`, `loop.generate_ahead`), Ray's workers at this process's priority
 (`common.RAY_SYSTEM_CONFIG` says why).
 
     .venv/bin/python benchmarks/async_vs_sync.py [--quick]
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
         ray.shutdown()
     lim = limits(plain)
     machine = [lim["sync_step_s"] / o.step_s() for o in overlapped]
-    runs = by_variant[variants[-1]]  # the loop as it runs by default when "ahead" is last (it is by default)
+    runs = by_variant[variants[-1]]  # the loop as it runs by default when "next" is last (it is by default)
     if len(variants) > 1:
         compare(report, by_variant, lim)
     sync_sps = [r.samples_per_s for r in runs[0]]
@@ -178,9 +179,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 timed steps, one repetition (results/quick/)")
     parser.add_argument("--cache", help="directory for the built model (default: a fresh temp dir)")
     parser.add_argument("--reps", type=int, default=5, help="alternating sync/async repetitions")
-    parser.add_argument("--variants", default="ahead",
+    parser.add_argument("--variants", default="next",
                         help=f"how the loop submits calls, comma-separated, of {list(grpo_job.VARIANTS)}; the goal "
-                             "is judged on the last (e.g. driver,ahead: before and after issue 17's cuts)")
+                             "is judged on the last (e.g. driver,next: before and after issue 17's cuts)")
     run(parser.parse_args())
 
 

@@ -90,12 +90,13 @@ def job_images() -> dict[str, Any]:
 
 # How the loop submits its calls (orchestration_overhead.py compares them): variant -> (loop config
 # overrides, the learner's item queued with a blocking round trip to its feed). `driver`: every call
-# through the driver, as before issue 17; `ahead`: the loop as it runs by default.
+# through the driver, as before issue 17; `next`: the loop as it runs by default.
 VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
-    "driver": ({"chain_calls": False, "take_ahead": False}, True),
-    "feed": ({"chain_calls": False, "take_ahead": False}, False),
-    "chain": ({"chain_calls": True, "take_ahead": False}, False),
-    "ahead": ({"chain_calls": True, "take_ahead": True}, False),
+    "driver": ({"chain_calls": False, "take_ahead": False, "generate_ahead": False}, True),
+    "feed": ({"chain_calls": False, "take_ahead": False, "generate_ahead": False}, False),
+    "chain": ({"chain_calls": True, "take_ahead": False, "generate_ahead": False}, False),
+    "ahead": ({"chain_calls": True, "take_ahead": True, "generate_ahead": False}, False),
+    "next": ({"chain_calls": True, "take_ahead": True, "generate_ahead": True}, False),
 }
 
 

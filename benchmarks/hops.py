@@ -28,7 +28,8 @@ from typing import Any
 HOPS: tuple[tuple[str, str], ...] = (
     ("result -> driver", "learner reports -> feed -> driver sees the step (feed round trip)"),
     ("driver", "driver's own time: step bookkeeping until the next generate call is out"),
-    ("driver -> rollout", "generate call dispatched to the rollout actor (args: requests, new weights' ref)"),
+    ("driver -> rollout", "generate call dispatched to the rollout actor (args: requests, new weights' ref); "
+                          "submitted ahead: the step's result reaching it through Ray (the two hops above are 0)"),
     ("load weights", "rollout actor maps the published weights (object store) and serves them"),
     ("generate", "generation"),
     ("rollouts -> scorer", "rollouts handed to the scorer (object store; via the driver unless chained)"),
@@ -72,7 +73,7 @@ def step_hops(prev: Any, done: Any, calls: Sequence[Any], spans: Sequence[Any]) 
     None when the step does not have exactly one call of each kind (then it cannot be cut this way)."""
     lo, hi = prev.ended, done.ended
     learn = [c for c in calls if c.stage == "learn" and lo <= c.observed < hi]  # the step before's result
-    gens = [c for c in calls if c.stage == "generate" and lo < c.submitted <= hi]
+    gens = [c for c in calls if c.stage == "generate" and lo < c.observed <= hi]
     gen, score, put, take = (_one(spans, k, lo, hi) for k in ("generate", "score", "put", "take"))
     if not learn or len(gens) != 1 or None in (gen, score, put, take):
         return None
@@ -80,8 +81,11 @@ def step_hops(prev: Any, done: Any, calls: Sequence[Any], spans: Sequence[Any]) 
     load_s = load.end - load.start if load is not None else 0.0
     batch_ready = done.started + done.metrics.get("batch_wait_s", 0.0)
     publish_s = done.metrics.get("publish_s", 0.0)
-    seen = min(c.observed for c in learn)
-    points = [lo, seen, gens[0].submitted, gen.start, gen.start + load_s, gen.end, score.start, score.end,
+    # A generate submitted ahead (`loop.generate_ahead`) was out before the step before ended: from its
+    # end, nothing passes through the driver until the generate runs.
+    seen = max(lo, min(c.observed for c in learn))
+    submitted = max(lo, gens[0].submitted)
+    points = [lo, min(seen, submitted), submitted, gen.start, gen.start + load_s, gen.end, score.start, score.end,
               put.start, put.end, take.start, take.end, batch_ready, hi - publish_s, hi]
     seconds = {name: b - a for name, a, b in zip(NAMES, points, points[1:])}
     return StepHops(seconds, hi - lo)

@@ -11,7 +11,10 @@ The loop runs in several variants, side by side in one run, each adding one way 
 - `chain`: + generate -> score -> put submitted together, each on the previous one's result ref
   (`loop.chain_calls`);
 - `ahead`: + the learner's next step queued as soon as it is free, its take run by Ray right after the
-  puts that bring its groups (`loop.take_ahead`): the loop as it runs by default.
+  puts that bring its groups (`loop.take_ahead`);
+- `next`: + the next step's generate calls submitted as a step is queued, each on the step's result ref,
+  so generation starts with the new weights as the step publishes (`loop.generate_ahead`): the loop as
+  it runs by default.
 
 For each variant, the per-call table (`hops.py`) cuts every timed step into the calls and hand-overs it
 is made of (actor calls, object-store hand-overs, the feed's round trip, the driver's own time), from
@@ -50,7 +53,7 @@ from medgr2_ray.config import ModelConfig  # noqa: E402
 from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
 
 VARIANTS, blocking_feed = grpo_job.VARIANTS, grpo_job.blocking_feed
-DEFAULT = "ahead"  # the loop as it runs by default
+DEFAULT = "next"  # the loop as it runs by default
 GOAL_PCT = 3.0
 
 DATA_VARIANTS: dict[str, dict[str, Any]] = {"driver": {"chain_calls": False}, "chain": {"chain_calls": True}}

@@ -8,6 +8,10 @@ image ids; the actor fills in the pixels from its own image cache (the pixels we
 store once, so they never pass through the driver). After a crash Ray restarts the actor
 (`PoolConfig.max_restarts`): `__init__` rebuilds the engine from the model directory at version 0 and the
 next call brings it up to date; the controller re-issues the calls that died with it.
+
+`generate_after` is `generate` chained on a learner step: the controller submits it with the step's
+result ref while the step runs, Ray resolves that ref before the call runs, and generation starts with
+the weights the step published the moment it publishes, without a round trip through the controller.
 """
 
 from __future__ import annotations
@@ -23,10 +27,15 @@ from medgr2_ray.actors.info import actor_info, flush_spans, limit_threads, recor
 from medgr2_ray.algo.requests import resolve_images
 from medgr2_ray.config import EngineConfig, ModelConfig
 from medgr2_ray.data.images import ImageCache
-from medgr2_ray.messages import ActorInfo
+from medgr2_ray.messages import ActorInfo, WorkDone
 from medgr2_ray.metrics import SAMPLES_GENERATED, TOKENS_GENERATED, TOKENS_PER_S, WEIGHT_VERSION, Metrics
 from medgr2_ray.sync.weights import fetch_weights
 from medgr2_ray.types import GenerationRequest, Rollout, SamplingParams, WeightVersion
+
+
+class StepNotDone(RuntimeError):
+    """The learner step a `generate_after` was chained on trained nothing (its batch could not be read):
+    the prompts were admitted for the step after it, so the controller issues them again."""
 
 
 @dataclass(frozen=True)
@@ -85,3 +94,15 @@ class RolloutActor:
         self.metrics.record(TOKENS_PER_S, tokens / seconds if seconds > 0 else 0.0)
         record_span(self.spec.monitor, self.name, "generate", start)
         return rollouts
+
+    def generate_after(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingParams, current: WeightVersion,
+        step: Sequence[WorkDone],
+    ) -> list[Rollout]:
+        """`generate` once the learner step whose every rank's `WorkDone` is `step` has finished (the
+        controller passes its result ref; Ray resolves it first), with the weights it published, or
+        `current` (the newest before it) if it published none. A step that failed raises `StepNotDone`."""
+        lead = step[0]
+        if lead.error is not None:
+            raise StepNotDone(f"{self.name}: the learner step this generate waited for failed: {lead.error}")
+        return self.generate(requests, sampling, lead.weights if lead.weights is not None else current)

@@ -14,6 +14,10 @@ its inputs (loop/controller.py builds the snapshot and calls it). Three limits, 
   end        no more prompts than the steps not yet started will train: queued + launched <=
              (total_steps - started) * n.
 
+`launchable_after_step` is the same rule for prompts chained on the step just queued (`loop.generate_ahead`):
+they start generating only once that step has finished, with the weights it published, so they are
+admitted by the state the step leaves (see its docstring).
+
 `too_stale` is the per-role predicate the flywheel applies to a candidate's G version, a score's R
 version and a GRPO group's P version, each with its own bound (`StalenessBounds`); the GRPO buffer's
 "fresh" is its negation. Pure Python: no Ray.
@@ -63,9 +67,34 @@ def fresh_groups(state: AdmissionState) -> int:
 def launchable(state: AdmissionState) -> int:
     """How many more prompts may start now (see the module docstring for the three limits)."""
     queued = state.in_flight + fresh_groups(state)
-    running = state.steps_started - state.steps_done
+    held = state.in_flight + sum(count for _, count in state.buffered)
+    return _limit(state, queued, state.steps_started - state.steps_done, held)
+
+
+def launchable_after_step(state: AdmissionState) -> int:
+    """How many prompts may start chained on the step queued last (`state` taken right as it was queued,
+    before its batch is taken): they generate once it has finished, with the weights it published, so
+    they are admitted by the state it leaves. That step takes exactly `n` of the queued groups (fresh
+    buffered ones, or those of the puts it takes after) or fails, and a failed step fails the prompts
+    chained on it (they are issued again); so afterwards one more step is done and `n` fewer groups are
+    queued and held. The version is taken as not yet advanced: an advance only makes more buffered groups
+    stale, so counting them fresh can only admit fewer. With `max_staleness=0` this admits exactly what
+    `launchable` admits once the step has published: the synchronous algorithm's next prompts."""
+    if state.steps_started <= state.steps_done:
+        return 0
+    n = state.prompts_per_step
+    queued = state.in_flight + fresh_groups(state) - n
+    held = state.in_flight + sum(count for _, count in state.buffered) - n
+    if queued < 0:
+        raise ValueError(f"admission: a queued step takes {n} groups but only {queued + n} are queued")
+    return _limit(state, queued, state.steps_started - state.steps_done - 1, held)
+
+
+def _limit(state: AdmissionState, queued: int, running: int, held: int) -> int:
+    """The tightest of the three limits, given the groups queued for training, the steps running and the
+    groups held (in flight + all buffered)."""
     by_staleness = (state.max_staleness - running + 1) * state.prompts_per_step
-    by_capacity = state.buffer_size - state.in_flight - sum(count for _, count in state.buffered)
+    by_capacity = state.buffer_size - held
     by_end = (state.total_steps - state.steps_started) * state.prompts_per_step
     return max(0, min(by_staleness - queued, by_capacity, by_end - queued))
 

@@ -308,6 +308,11 @@ class LoopConfig(_Section):
     """Queue GRPO's next learner step as soon as the learner is free, its batch taken by the buffer right
     after the puts that bring its groups (not with `grpo.dynamic_sampling`, whose refusals cannot be
     known ahead); False: once the controller has seen the groups arrive."""
+    generate_ahead: bool = True
+    """GRPO: as a learner step is queued, submit the generate calls its end will admit, each taking the
+    step's result ref, so they start with its new weights the moment it publishes (no round trip through
+    the controller); the staleness bound is kept exactly (staleness 0: the synchronous algorithm). False:
+    once the controller has seen the step finish."""
 
 
 class CycleConfig(_Section):

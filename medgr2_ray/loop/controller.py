@@ -8,19 +8,24 @@ in the order their inputs arrive, so a chained call never holds up a ready one).
 actors through the object store, never through this process. Whenever the learner is idle and the
 buffer holds, or the puts in flight will bring, a batch of fresh groups, the next step is queued; with
 `loop.take_ahead` its batch is a `take` that Ray runs right after those puts, so the learner starts the
-moment its groups arrive. Its rank 0 publishes new weights that the next generate calls carry.
+moment its groups arrive. Its rank 0 publishes new weights that the next generate calls carry; with
+`loop.generate_ahead` the prompts the step's end will admit are submitted as it is queued, each generate
+taking the step's result ref, so they start with its new weights as soon as it publishes.
 
 Staleness. A prompt launched now is trained after the steps already running and the `queued // n`
 full batches ahead of it (n groups a step); each step advances the version by at most one (a skipped
 step: zero), so its staleness is at most their sum, and it is launched only if that is within
 `max_staleness`. So `max_staleness=0` launches a step's prompts only after the previous step
-published: exactly the synchronous algorithm. The buffer still enforces the bound (groups that fell
+published: exactly the synchronous algorithm. Prompts chained on a queued step are admitted by the state
+that step leaves (algo/admission.py: `launchable_after_step`): at staleness 0, the same prompts, in the
+same calls, with the same weights as once the step is seen done. The buffer still enforces the bound (groups that fell
 behind, e.g. after a restart, are dropped and counted). Back-pressure: groups in flight plus buffered
 never exceed `grpo.buffer_size`.
 
 Faults. A generate/score/put chain that fails because an actor died (Ray restarts it, `max_restarts`)
 puts its requests back at the head of the queue: re-issued, counted, and deduplicated by id in the
-buffer, so the trained ids prove nothing was lost or trained twice. Checkpoints (`checkpoint`) hold the
+buffer, so the trained ids prove nothing was lost or trained twice. A step that trained nothing fails
+the generates chained on it (`StepNotDone`): their requests are re-issued the same way. Checkpoints (`checkpoint`) hold the
 learner, the buffer, the prompt cursor and the requests in flight, and `resume` continues from them.
 """
 
@@ -40,8 +45,9 @@ import ray
 
 from medgr2_ray.actors.persist import load_messages, save_messages
 from medgr2_ray.actors.pool import Member
+from medgr2_ray.actors.rollout import StepNotDone
 from medgr2_ray.actors.system import ActorSystem
-from medgr2_ray.algo.admission import AdmissionState, launchable
+from medgr2_ray.algo.admission import AdmissionState, launchable, launchable_after_step
 from medgr2_ray.config import Config
 from medgr2_ray.loop.autoscale import PoolAutoscaler, ScaleSignals
 from medgr2_ray.messages import (BufferSnapshot, CallTime, GRPOAccounting, LoopStatus, PoolStatus, PutReceipt, Recipe, Span,
@@ -72,6 +78,7 @@ class Flight:
     member: Member | None = None
     chain: tuple[Member, ...] = ()  # the actors this chain ran on (blamed if it fails)
     chained: bool = False  # the next stage was submitted on this call's result: that one carries the requests
+    after: Any = None  # generate ahead: the result ref of the learner step this chain waits for
     submitted: float = field(default_factory=time.time)  # wall-clock, taken before the call was submitted
 
 
@@ -128,6 +135,7 @@ class Controller:
         self.step_dones: deque[WorkDone] = deque(maxlen=MAX_TIMINGS)
         self.waited_s, self.driver_cpu_s = 0.0, 0.0
         self.take_after: set[Any] = set()  # puts in flight that the learner's queued step takes its batch after
+        self.failed_steps: set[Any] = set()  # result refs of learner steps that trained nothing
         self.status_pushed = 0.0
 
     # ------------------------------------------------------------------ the loop
@@ -170,16 +178,18 @@ class Controller:
     def _in_flight_groups(self) -> int:
         return sum(len(f.requests) for f in self._in_flight())
 
+    def _admission(self, steps: int, started: int) -> AdmissionState:
+        return AdmissionState(
+            max_staleness=self.cfg.grpo.max_staleness, prompts_per_step=self.n, buffer_size=self.cfg.grpo.buffer_size,
+            total_steps=steps, steps_started=started, steps_done=self.steps_done,
+            version=self.weights.version, in_flight=self._in_flight_groups(),
+            buffered=tuple(sorted(self.buffered.items())))
+
     def _launchable(self, steps: int) -> int:
         """How many more prompts may start now (staleness bound, back-pressure, end of run: algo/admission.py)."""
         # A step queued ahead has not started while the puts it takes after are in flight: its groups are
         # still counted as queued, and it takes the first of them (as a step started once they arrived).
-        started = self.steps_started - (1 if self.take_after else 0)
-        return launchable(AdmissionState(
-            max_staleness=self.cfg.grpo.max_staleness, prompts_per_step=self.n, buffer_size=self.cfg.grpo.buffer_size,
-            total_steps=steps, steps_started=started, steps_done=self.steps_done,
-            version=self.weights.version, in_flight=self._in_flight_groups(),
-            buffered=tuple(sorted(self.buffered.items()))))
+        return launchable(self._admission(steps, self.steps_started - (1 if self.take_after else 0)))
 
     def _next_request(self) -> GenerationRequest:
         if self.retry:
@@ -190,18 +200,23 @@ class Controller:
         self.cursor += 1
         return request
 
-    def _launch_generation(self, steps: int) -> None:
-        budget = self._launchable(steps)
+    def _launch_generation(self, steps: int, budget: int | None = None, after: Any = None) -> None:
+        """Submit generate calls for `budget` prompts (default: what may start now); with `after` (a queued
+        learner step's result ref) each call waits for that step and generates with its new weights."""
+        budget = self._launchable(steps) if budget is None else budget
         while budget > 0:
             member = self.sys.rollout.least_busy(MAX_CALLS_PER_ACTOR)
             if member is None:
                 return
             batch = tuple(self._next_request() for _ in range(min(budget, self.cfg.loop.requests_per_call)))
             seed = zlib.crc32(f"{self.cfg.run.seed}:{batch[0].request_id}".encode())  # same prompts, same samples
-            now = time.time()
-            ref = member.handle.generate.remote(list(batch), replace(self.sampling, seed=seed), self.weights)
+            now, sampling = time.time(), replace(self.sampling, seed=seed)
+            if after is None:
+                ref = member.handle.generate.remote(list(batch), sampling, self.weights)
+            else:
+                ref = member.handle.generate_after.remote(list(batch), sampling, self.weights, after)
             member.in_flight += 1
-            flight = self.flights[ref] = Flight(Stage.GENERATE, batch, member, submitted=now)
+            flight = self.flights[ref] = Flight(Stage.GENERATE, batch, member, after=after, submitted=now)
             if self.cfg.loop.chain_calls and not self.unscored:
                 self._submit_score(ref, flight)
             budget -= len(batch)
@@ -220,7 +235,7 @@ class Controller:
             self.take_after.discard(ref)
             self._on_put(ref, flight)
         else:
-            self._on_step(ray.get(ref))
+            self._on_step(ref, ray.get(ref))
 
     def _submit_score(self, gen_ref: Any, flight: Flight) -> bool:
         """Send the rollouts of `gen_ref` (done, or chained on it) to the least busy ready scorer, and with
@@ -233,7 +248,7 @@ class Controller:
         member.in_flight += 1
         flight.chained = True
         score = self.flights[ref] = Flight(Stage.SCORE, flight.requests, member, chain=(flight.member, member),  # type: ignore[arg-type]
-                                           submitted=now)
+                                           after=flight.after, submitted=now)
         if self.cfg.loop.chain_calls:
             self._submit_put(ref, score)
         return True
@@ -241,15 +256,17 @@ class Controller:
     def _submit_put(self, score_ref: Any, flight: Flight) -> None:
         flight.chained, now = True, time.time()
         self.flights[self.sys.buffer.put.remote(score_ref)] = Flight(Stage.PUT, flight.requests, chain=flight.chain,
-                                                                     submitted=now)
+                                                                     after=flight.after, submitted=now)
 
     def _on_put(self, ref: Any, flight: Flight) -> None:
         try:
             receipt: PutReceipt = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.RayTaskError) as exc:
-            # An actor of the chain (rollout, scorer or the buffer) died: do the requests again (Ray restarts it).
+            # An actor of the chain (rollout, scorer or the buffer) died: do the requests again (Ray restarts
+            # it); or the learner step a generate was chained on trained nothing (the actors are fine).
             self._reissue(list(flight.requests), type(exc).__name__)
-            self._suspect(flight.chain)
+            if not isinstance(exc, StepNotDone):
+                self._suspect(flight.chain)
             self._check_buffer()
             return
         by_id = {r.request_id: r for r in flight.requests}
@@ -303,6 +320,9 @@ class Controller:
         self.flights[ref] = Flight(Stage.LEARN, (), submitted=now)
         self.take_after = set(after)
         self.steps_started += 1
+        if self.cfg.loop.generate_ahead:  # now, while this process's view of the buffer is from before the take
+            budget = launchable_after_step(self._admission(steps, self.steps_started))
+            self._launch_generation(steps, budget, after=ref)
         self.last_wait = time.perf_counter() - (self.idle_since or time.perf_counter())  # + the batch's wait
 
     def _puts_bringing(self, groups: int) -> list[Any]:
@@ -312,15 +332,16 @@ class Controller:
             return []
         refs, count = [], 0
         for ref, flight in self.flights.items():  # in submission order
-            if flight.stage is Stage.PUT:
+            if flight.stage is Stage.PUT and flight.after not in self.failed_steps:
                 refs.append(ref)
                 count += len(flight.requests)
                 if count >= groups:
                     return refs
         return []
 
-    def _on_step(self, dones: list[WorkDone]) -> None:
+    def _on_step(self, ref: Any, dones: list[WorkDone]) -> None:
         if dones[0].error is not None:  # the buffer died, or a take ahead came up short: no step happened
+            self.failed_steps.add(ref)  # the generates chained on it fail (StepNotDone): no step takes after them
             self.steps_started -= 1
             self.take_after.clear()
             self._check_buffer()

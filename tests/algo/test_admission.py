@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medgr2_ray.algo.admission import AdmissionState, StalenessBounds, fresh_groups, launchable, too_stale
+from medgr2_ray.algo.admission import (AdmissionState, StalenessBounds, fresh_groups, launchable, launchable_after_step,
+                                       too_stale)
 
 
 def _state(**changes: object) -> AdmissionState:
@@ -60,6 +61,29 @@ def test_max_staleness_zero_is_one_steps_prompts_after_the_previous_step_publish
     assert launchable(_state(**sync, steps_started=1, steps_done=1, version=1)) == 4  # it published
     # groups of the previous version left in the buffer are stale at bound 0: capacity only
     assert launchable(_state(**sync, steps_started=1, steps_done=1, version=1, buffered=((0, 2),))) == 4
+
+
+def test_prompts_chained_on_a_queued_step_are_those_its_end_admits() -> None:
+    sync = {"max_staleness": 0}
+    # Staleness 0, step 1 just queued on the 4 groups of version 0 in the buffer: chained on it, the next
+    # step's 4 prompts, as `launchable` admits once the step has published version 1 and taken the groups.
+    queued_on_buffer = _state(**sync, steps_started=1, buffered=((0, 4),))
+    assert launchable(queued_on_buffer) == 0
+    assert launchable_after_step(queued_on_buffer) == 4 == launchable(_state(**sync, steps_started=1, steps_done=1, version=1))
+    # ... the same when it was queued ahead on the 4 puts in flight that bring its groups
+    assert launchable_after_step(_state(**sync, steps_started=1, in_flight=4)) == 4
+    # those 4 launched: nothing more until that step is done
+    assert launchable_after_step(_state(**sync, steps_started=1, in_flight=8)) == 0
+    # bound 1, step 3 queued on 4 of 6 fresh groups: afterwards 2 queued, one step's room more -> 8 - 2
+    assert launchable_after_step(_state(steps_started=3, steps_done=2, version=2, buffered=((1, 2), (2, 4)))) == 6
+    # capacity: the 4 groups the step takes free their room (6 - 6 + 4, below the bound's 8 - 2); the end:
+    # 3 steps, all started -> 0
+    assert launchable_after_step(_state(steps_started=3, steps_done=2, version=2, buffered=((2, 6),), buffer_size=6)) == 4
+    assert launchable_after_step(_state(total_steps=3, steps_started=3, steps_done=2, buffered=((0, 4),))) == 0
+    # no step running: nothing to chain on; fewer groups queued than a step takes: refused
+    assert launchable_after_step(_state(**sync)) == 0
+    with pytest.raises(ValueError, match="takes 4 groups"):
+        launchable_after_step(_state(**sync, steps_started=1, in_flight=3))
 
 
 def test_launchable_is_never_negative() -> None:
