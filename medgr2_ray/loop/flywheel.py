@@ -91,7 +91,7 @@ class Flywheel:
                     self._on_receipt(receipt)
                 continue
             lane = next(x for x in lanes if ref in x.waiting)
-            lane.on_done(ref, ray.get(ref))
+            lane.collect(ref)
             self.lane.g_weights = self.g.weights or self.lane.g_weights
             self.lane.r_weights = self.r.weights or self.lane.r_weights
         self.lane.pump()
