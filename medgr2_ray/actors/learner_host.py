@@ -234,8 +234,10 @@ class LearnerHost:
         self.spec, self.name = spec, spec.name
         storage = Path(spec.storage)
         state = feed_state_path(spec.storage, spec.name)
-        if fresh:  # Ray Train restores any snapshot under the same name: a new run must not continue an old one
-            shutil.rmtree(storage / spec.name, ignore_errors=True)
+        # Ray Train restores any snapshot under the same name: a new run must not continue an old one, and a
+        # resumed one (`fresh=False`) continues from the feed's state and checkpoints, not from Ray Train's.
+        shutil.rmtree(storage / spec.name, ignore_errors=True)
+        if fresh:
             shutil.rmtree(storage / f"{spec.name}-checkpoints", ignore_errors=True)
             state.unlink(missing_ok=True)
         # Ray restarts a dead feed, which reloads its durable state; its calls are never retried (a call
