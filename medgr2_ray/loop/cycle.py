@@ -198,7 +198,10 @@ def _grpo(cfg: Config, system: ActorSystem, wheel: Flywheel, train_set: list[Sam
 
 def run_cycle(cfg: Config, progress: Progress, resume: bool = False, prefix: str = "") -> CycleResult:
     """Run every stage (see the module docstring); Ray must be initialised. `prefix` names this run's
-    actors (two runs can then share a namespace)."""
+    actors (two runs can then share a namespace; a resume must use the same prefix). `resume`: continue a
+    killed run in the same directory: the rounds mode after its last complete round; the continuous mode
+    from each learner's newest checkpoint and the store's log (`Flywheel.run_continuous`: no kept sample
+    or SFT step is lost or counted twice, but the result is not bit-identical to an unbroken run)."""
     start, clock = time.time(), Stopwatch()
     cfg = with_absolute_paths(cfg)
     continuous = cfg.cycle.mode == "continuous"
