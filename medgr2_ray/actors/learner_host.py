@@ -19,7 +19,9 @@ again at once, above the newest version the feed has seen (versions only grow).
 controller can `ray.wait` on (`submit` + `result_ref` in one call; neither waits for the feed); `run`
 submits and waits; `latest` is the newest published `WeightVersion`. A training step's `WorkDone`
 carries `batch_wait_s` (how long its batch took to arrive: the item may be queued before the batch
-exists) and `publish_s` beside the recipe's metrics. `fit()` runs
+exists) and `publish_s` beside the recipe's metrics. A feed that dies is restarted by Ray from its
+saved state; `recover` (used by `run` and the flywheel's lanes) re-submits what it lost and asks again for
+a failed result (`actors/feed.py`). `fit()` runs
 inside a Ray task, so the driver stays free, and a learner that fails for good surfaces as that task's
 error (`check`).
 """
