@@ -242,6 +242,17 @@ class FeedStart:
     floor: int  # the newest version published so far
     first: int  # the first item no checkpoint covers
     checkpoint: str | None  # the checkpoint covering items < first (None: start from the model directory)
+    token: str = ""  # the feed's incarnation: a worker of an older one is refused (its group restarts)
+
+
+@dataclass(frozen=True)
+class FeedCheckpoint:
+    """Where a learner's newest checkpoint is and what it covers (a feed's durable state, and what a
+    `--resume` continues from)."""
+
+    first: int  # items below this index are inside the checkpoint
+    directory: str | None  # None: no checkpoint yet
+    recipe_steps: dict[str, int] = field(default_factory=dict)  # training steps run per recipe before `first`
 
 
 @dataclass(frozen=True)

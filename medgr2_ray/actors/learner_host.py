@@ -19,7 +19,9 @@ again at once, above the newest version the feed has seen (versions only grow).
 controller can `ray.wait` on (`submit` + `result_ref` in one call; neither waits for the feed); `run`
 submits and waits; `latest` is the newest published `WeightVersion`. A training step's `WorkDone`
 carries `batch_wait_s` (how long its batch took to arrive: the item may be queued before the batch
-exists) and `publish_s` beside the recipe's metrics. `fit()` runs
+exists) and `publish_s` beside the recipe's metrics. A feed that dies is restarted by Ray from its
+saved state; `recover` (used by `run` and the flywheel's lanes) re-submits what it lost and asks again for
+a failed result (`actors/feed.py`). `fit()` runs
 inside a Ray task, so the driver stays free, and a learner that fails for good surfaces as that task's
 error (`check`).
 """
@@ -37,7 +39,7 @@ from typing import Any
 import ray
 
 from medgr2_ray.config import AugmentConfig, GRPOConfig, GradedDataConfig, LearnerConfig, ModelConfig
-from medgr2_ray.messages import (CheckpointWork, FeedStatus, PublishWork, RestoreWork, SaveWork, StageWork, StopWork,
+from medgr2_ray.messages import (CheckpointWork, FeedCheckpoint, FeedStatus, PublishWork, RestoreWork, SaveWork, StageWork, StopWork,
                                  TrainWork, Work, WorkDone)
 from medgr2_ray.types import MedImage, RewardObjective, WeightVersion
 
@@ -131,18 +133,36 @@ def _execute(learner: Any, work: Work, ctx: Any, rank: int) -> tuple[dict[str, f
     raise TypeError(f"{type(work).__name__} is not a learner work item")
 
 
-def _checkpoint(learner: Any, spec: LearnerSpec, index: int, rank: int, feed: Any) -> None:
+def _checkpoint(learner: Any, spec: LearnerSpec, index: int, rank: int, feed: Any, token: str,
+                steps: dict[str, int]) -> None:
     """All ranks write one checkpoint at a path they share; rank 0 tells the feed, which a restarted group
-    asks where to resume (older checkpoints are removed once a newer one is recorded)."""
+    asks where to resume (older checkpoints are removed once a newer one is recorded). `steps`: training
+    steps run per recipe so far (a `--resume` continues each recipe's count from there)."""
     import ray.train
 
     staging = Path(spec.storage) / f"{spec.name}-checkpoints"
-    learner.save_checkpoint(staging / f"item_{index:08d}", extra={"index": index})
+    learner.save_checkpoint(staging / f"item_{index:08d}", extra={"index": index, "recipe_steps": dict(steps)})
     ray.train.report({"index": index, "version": int(learner.version)})
     if rank == 0:
-        ray.get(feed.covered.remote(index, str(staging / f"item_{index:08d}")))
+        ray.get(feed.covered.remote(index, str(staging / f"item_{index:08d}"), token, dict(steps)))
         for old in sorted(staging.glob("item_*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _resume(learner: Any, feed: Any, rank: int) -> tuple[int, str, dict[str, int]]:
+    """Announce this worker to the feed and load the checkpoint it names; returns (first item, the feed's
+    token, training steps per recipe inside the checkpoint)."""
+    start = ray.get(feed.start.remote(rank, os.getpid()))
+    steps: dict[str, int] = {}
+    if start.checkpoint is not None:
+        steps = {str(k): int(v) for k, v in learner.load_checkpoint(start.checkpoint).get("recipe_steps", {}).items()}
+    restarted = start.floor > 0 or start.checkpoint is not None
+    learner.version = max(int(learner.version), int(start.floor) + (1 if restarted else 0))
+    if restarted:  # what the dead group published died with it: publish again, above it
+        weights = _publish(learner, rank)
+        if weights is not None:
+            feed.publish.remote(weights)
+    return start.first, start.token, steps
 
 
 def learner_loop(config: dict[str, Any]) -> None:  # runs in every Ray Train worker
@@ -161,33 +181,32 @@ def learner_loop(config: dict[str, Any]) -> None:  # runs in every Ray Train wor
     learner = _build_learner(spec, rank, world, local)
     images = ImageCache(refs=spec.images, resolve=ray.get)
     ctx = RecipeContext(images, spec.pool, spec.seed, rank, world, spec.graded, spec.augment, spec.augmentation)
-    start = ray.get(feed.start.remote(rank, os.getpid()))
-    index = start.first
-    if start.checkpoint is not None:
-        learner.load_checkpoint(start.checkpoint)
-    restarted = start.floor > 0 or start.checkpoint is not None
-    learner.version = max(int(learner.version), int(start.floor) + (1 if restarted else 0))
-    if restarted:  # what the dead group published died with it: publish again, above it
-        weights = _publish(learner, rank)
-        if weights is not None:
-            feed.publish.remote(weights)
+    index, token, steps = _resume(learner, feed, rank)
     while True:
-        work = ray.get(feed.next.remote(rank, index))
+        # A feed that died (or restarted) fails this call: the group fails and Ray Train restarts it.
+        work = ray.get(feed.next.remote(rank, index, token))
         if isinstance(work, StopWork):
-            feed.complete.remote(WorkDone(index, rank, int(learner.version), {}, time.time(), time.time()))
+            feed.complete.remote(WorkDone(index, rank, int(learner.version), {}, time.time(), time.time()), token)
             return
         started = time.time()
         metrics, weights, report, extra = _execute(learner, work, ctx, rank)
         error, skipped = extra.pop("error", None), extra.pop("skipped", None)
         if skipped is not None and rank == 0:
             print(f"[{spec.name}] skipped {skipped}", flush=True)
+        if isinstance(work, TrainWork) and error is None:
+            steps[work.recipe.value] = max(steps.get(work.recipe.value, 0), work.step + 1)
         # Not waited on: the feed records reports in any order, and a report lost with a dying worker is
         # redone by its successor (items after the checkpoint are redone), so nothing waits for the answer.
         feed.complete.remote(WorkDone(index, rank, int(learner.version), metrics, started, time.time(), weights,
-                                      report, extra, error))
+                                      report, extra, error), token)
         index += 1
         if spec.checkpoint_every and index % spec.checkpoint_every == 0:
-            _checkpoint(learner, spec, index, rank, feed)
+            _checkpoint(learner, spec, index, rank, feed, token, steps)
+
+
+def feed_state_path(storage: str | Path, name: str) -> Path:
+    """Where the feed of learner `name` keeps its durable state (covered index, checkpoint, version floor)."""
+    return Path(storage) / f"{name}-feed.json"
 
 
 def _fit(trainer: Any) -> None:  # a Ray task: keeps the driver free while the learner runs
@@ -198,6 +217,10 @@ def _fit(trainer: Any) -> None:  # a Ray task: keeps the driver free while the l
 
 class LearnerError(RuntimeError):
     """A learner's worker group failed for good (its restarts are used up)."""
+
+
+FEED_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)  # a call the feed's death failed
+FEED_RETRIES = 20  # calls to a restarting feed tried again this many times before giving up
 
 
 class LearnerHost:
@@ -211,12 +234,27 @@ class LearnerHost:
         from medgr2_ray.actors.feed import LearnerFeed
 
         self.spec, self.name = spec, spec.name
-        self._next_index = 0
         storage = Path(spec.storage)
-        if fresh:  # Ray Train restores any snapshot under the same name: a new run must not continue an old one
-            shutil.rmtree(storage / spec.name, ignore_errors=True)
+        state = feed_state_path(spec.storage, spec.name)
+        # Ray Train restores any snapshot under the same name: a new run must not continue an old one, and a
+        # resumed one (`fresh=False`) continues from the feed's state and checkpoints, not from Ray Train's.
+        shutil.rmtree(storage / spec.name, ignore_errors=True)
+        if fresh:
             shutil.rmtree(storage / f"{spec.name}-checkpoints", ignore_errors=True)
-        self.feed = ray.remote(LearnerFeed).options(name=f"{spec.name}Feed", num_cpus=0).remote(spec.name, num_ranks)
+            state.unlink(missing_ok=True)
+        # Ray restarts a dead feed, which reloads its durable state; its calls are never retried (a call
+        # the death failed is answered here: `recover`).
+        self.feed = ray.remote(LearnerFeed).options(name=f"{spec.name}Feed", num_cpus=0, max_restarts=-1,
+                                                    max_task_retries=0).remote(spec.name, num_ranks, str(state),
+                                                                               not fresh)
+        resumed: FeedCheckpoint = ray.get(self.feed.checkpoint.remote())
+        self.resumed = resumed  # where a `--resume` continues (index 0, no directory: from the start)
+        self._next_index = resumed.first
+        self._items: dict[int, Work] = {}  # every item queued and not yet known to be inside a checkpoint
+        self._refs: dict[str, int] = {}  # result ref's id -> its item (`recover` asks again for the same item)
+        self._covered_ref: Any = None  # a pending `checkpoint()` call (see `_index`)
+        self._token: str = ray.get(self.feed.incarnation.remote())  # the feed incarnation that holds our items
+        self.feed_restarts = 0
         use_gpu = gpus_per_rank > 0
         trainer = TorchTrainer(
             learner_loop, train_loop_config={"spec": spec, "feed": self.feed},
@@ -229,33 +267,86 @@ class LearnerHost:
         )
         self.fit_ref = ray.remote(_fit).options(num_cpus=0, max_retries=0, name=f"{spec.name}-fit").remote(trainer)
 
-    def _index(self) -> int:
+    def _index(self, work: Work) -> int:
         # Items are numbered here, so queueing one never waits for the feed's answer.
         index, self._next_index = self._next_index, self._next_index + 1
+        self._items[index] = work
+        if self._covered_ref is None or ray.wait([self._covered_ref], timeout=0)[0]:
+            # Now and then, without waiting: forget the items a checkpoint covers (they hold batch refs).
+            if self._covered_ref is not None:
+                try:
+                    self._forget(ray.get(self._covered_ref).first)
+                except FEED_DIED:
+                    pass
+            self._covered_ref = self.feed.checkpoint.remote()
         return index
 
     def submit(self, work: Work) -> int:
         """Queue one item (not waited for); returns its index."""
-        index = self._index()
+        index = self._index(work)
         self.feed.submit.remote(work, index)
         return index
 
     def start(self, work: Work) -> Any:
         """Queue one item and return the ref of every rank's `WorkDone` for it: one call, nothing waited for."""
-        return self.feed.run.remote(self._index(), work)
+        index = self._index(work)
+        ref = self.feed.run.remote(index, work)
+        self._refs[ref.hex()] = index  # by id: holding the ref would keep its weights in the object store
+        return ref
 
     def result_ref(self, index: int) -> Any:
         """An object ref resolving to every rank's `WorkDone` for item `index`."""
-        return self.feed.result.remote(index)
+        ref = self.feed.result.remote(index)
+        self._refs[ref.hex()] = index
+        return ref
+
+    def received(self, ref: Any) -> None:
+        """The result `ref` was read: a feed restart need not ask for it again."""
+        self._refs.pop(ref.hex(), None)
+
+    def _forget(self, covered: int) -> None:
+        for i in [i for i in self._items if i < covered]:
+            del self._items[i]
+
+    def _feed_call(self, method: str, *args: Any) -> Any:
+        """One call to the feed, tried again while it restarts."""
+        for attempt in range(FEED_RETRIES):
+            try:
+                return ray.get(getattr(self.feed, method).remote(*args))
+            except FEED_DIED:
+                self.check()
+                time.sleep(min(0.1 * 2 ** attempt, 2.0))
+        raise LearnerError(f"{self.name}: its feed did not come back after {FEED_RETRIES} tries")
+
+    def recover(self, ref: Any) -> Any:
+        """`ref` failed because the feed died: make sure the restarted feed holds every item not inside its
+        checkpoint again (once per incarnation), and return a new ref for the same item's result."""
+        index = self._refs.pop(ref.hex())
+        token = self._feed_call("incarnation")
+        if token != self._token:
+            self.feed_restarts += 1
+            covered: FeedCheckpoint = self._feed_call("restore", dict(self._items))
+            self._forget(covered.first)
+            self._token = token
+            print(f"[{self.name}] feed restarted: re-submitted items {covered.first}..{self._next_index - 1}",
+                  flush=True)
+        return self.result_ref(index)
 
     def run(self, work: Work, timeout_s: float | None = None) -> list[WorkDone]:
         """Submit one item and wait for it (raises `LearnerError` if the learner died for good meanwhile)."""
         ref = self.start(work)
-        done, _ = ray.wait([ref, self.fit_ref], num_returns=1, timeout=timeout_s)
-        if ref in done:
-            return ray.get(ref)
-        self.check()
-        raise TimeoutError(f"{self.name}: no result within {timeout_s} s")
+        while True:
+            done, _ = ray.wait([ref, self.fit_ref], num_returns=1, timeout=timeout_s)
+            if ref not in done:
+                self.check()
+                raise TimeoutError(f"{self.name}: no result within {timeout_s} s")
+            try:
+                result = ray.get(ref)
+            except FEED_DIED:
+                ref = self.recover(ref)
+                continue
+            self.received(ref)
+            return result
 
     def check(self) -> None:
         """Raise `LearnerError` if the learner's `fit()` ended with an error."""
@@ -267,12 +358,12 @@ class LearnerHost:
                 raise LearnerError(f"{self.name} failed: {exc}") from exc
 
     def latest(self) -> WeightVersion | None:
-        """The newest weights this learner published."""
-        return ray.get(self.feed.latest.remote())
+        """The newest weights this learner published (None for a while after its feed restarted)."""
+        return self._feed_call("latest")
 
     def status(self) -> FeedStatus:
         """Queue and progress."""
-        return ray.get(self.feed.status.remote())
+        return self._feed_call("status")
 
     # ------------------------------------------------------------ one-item conveniences
     def publish(self) -> WeightVersion:

@@ -115,3 +115,30 @@ def load_messages(path: str | Path) -> dict[str, Any]:
     if not isinstance(result, dict):
         raise PersistError(f"'{json_path}': expected a mapping at the top level")
     return result
+
+
+def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write a small JSON state file so that a reader (or a crash mid-write) sees the old file or the new
+    one, never half of one: a temporary file beside it, flushed to disk, then renamed over it."""
+    import os
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(json.dumps(payload, allow_nan=False))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(target)
+
+
+def read_json_state(path: str | Path) -> dict[str, Any]:
+    """Read a `write_json_atomic` file; a clear `PersistError` when it is unreadable."""
+    target = Path(path)
+    try:
+        state = json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PersistError(f"'{target}': cannot read saved state: {exc}") from exc
+    if not isinstance(state, dict):
+        raise PersistError(f"'{target}': expected a JSON object")
+    return state

@@ -14,7 +14,8 @@ and replays that log through a fresh selector (selection is deterministic), so i
 it was; offers in flight when it died fail at the controller, which re-issues them.
 Files (under `data/`): `stream/` in the continuous mode, `round_k/` per round in the rounds mode, each
 with `offers.jsonl` (the log), `samples.jsonl` (every candidate with its decision), `kept.jsonl`,
-`failures.jsonl`; a round also gets `summary.json`.
+`failures.jsonl`; a round also gets `summary.json`; `draws.jsonl` records which samples the learners'
+batches drew. A `--resume` of a continuous run (`resume_stream`) replays the stream's log as a restart does.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from medgr2_ray.types import MedImage, Sample
 
 
 LOGS = ("offers.jsonl", "samples.jsonl", "kept.jsonl", "failures.jsonl")  # a segment's files (offers first)
+DRAWS = "draws.jsonl"  # which kept samples each learner's batches drew (GRPO takes questions P's SFT did not)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class StoreSpec:
     generator_staleness: int = 1
     reward_staleness: int = 1
     resume_rounds: int = 0  # rounds mode, --resume: rounds 1..n are complete; their kept samples come back
+    resume_stream: bool = False  # continuous mode, --resume: replay the stream's offers log (as after a restart)
 
 
 class KeptStore:
@@ -118,11 +121,16 @@ class KeptStore:
             self.round = self.spec.resume_rounds
             state.write_text(json.dumps({"round": self.round}))
             return
-        if not actor_info(0).restarted:
+        draws = Path(self.spec.out_dir) / DRAWS
+        if not actor_info(0).restarted and not self.spec.resume_stream:
             state.write_text(json.dumps({"round": 0}))
             for name in LOGS:
                 (self._segment / name).write_text("")
+            draws.write_text("")
             return
+        for line in draws.read_text().splitlines() if draws.is_file() else []:
+            record = json.loads(line)
+            self.drawn.setdefault(record["salt"], set()).update(record["ids"])
         if self.spec.rounds:
             self.round = int(json.loads(state.read_text())["round"])
             for k in range(1, self.round + 1):  # closed rounds (a summary is written last) give their kept
@@ -260,8 +268,16 @@ class KeptStore:
             chosen = [items[i] for i in batch_indices(weights, spec.size, self.spec.seed, spec.step, spec.salt)]
         else:
             chosen = sample_batch(seeds + kept, spec.size, self.spec.seed, spec.salt, spec.step)
-        self.drawn.setdefault(spec.salt, set()).update(s.sample_id for s in chosen)
+        fresh = sorted({s.sample_id for s in chosen} - self.drawn.get(spec.salt, set()))
+        if fresh:  # logged, so a restarted or resumed store still knows what P's SFT trained on
+            with (Path(self.spec.out_dir) / DRAWS).open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"salt": spec.salt, "ids": fresh}) + "\n")
+        self.drawn.setdefault(spec.salt, set()).update(fresh)
         return chosen
+
+    def accepted_ids(self) -> list[str]:
+        """Every request id an accepted offer answered (a resumed stream does not generate them again)."""
+        return sorted(self.requests)
 
     def kept_samples(self, start: int = 0, exclude_drawn_by: str | None = None) -> list[Sample]:
         """Kept samples from index `start`, less those a learner's batches drew (GRPO wants fresh questions)."""

@@ -33,6 +33,9 @@ from medgr2_ray.config import Config, ModelConfig
 from medgr2_ray.types import MedImage, RewardObjective
 
 
+LEARNER_NAMES = ("GeneratorLearner", "RewardLearner", "PolicyLearner")  # the cycle's learners (before the prefix)
+
+
 @dataclass(frozen=True)
 class ModelDirs:
     """Where each model of the cycle starts from."""
@@ -155,19 +158,21 @@ class ActorSystem:
         return system
 
     @classmethod
-    def build_flywheel(cls, shared: Shared, dirs: ModelDirs, store: StoreSpec) -> "ActorSystem":
-        """The whole cycle's actors (see the module docstring); the policy pool starts empty (GRPO scales it)."""
-        cfg, prefix = shared.cfg, shared.prefix
+    def build_flywheel(cls, shared: Shared, dirs: ModelDirs, store: StoreSpec, resume: bool = False) -> "ActorSystem":
+        """The whole cycle's actors (see the module docstring); the policy pool starts empty (GRPO scales it).
+        `resume`: the learners continue from their feeds' saved state and newest checkpoints."""
+        cfg, prefix, fresh = shared.cfg, shared.prefix, not resume
         system = cls(
             rollout=rollout_pool(shared, "policy-rollout", dirs.policy, cfg.policy, 1000, cfg.rollout_pool),
             scorer=scorer_pool(shared, dirs.reward_model, reward_objective(cfg)),
-            learner=learner(shared, "PolicyLearner", LearnerModel.POLICY, dirs.policy, cfg.policy),
+            learner=learner(shared, "PolicyLearner", LearnerModel.POLICY, dirs.policy, cfg.policy, fresh),
             buffer=rollout_buffer(shared),
             monitor=shared.monitor,
             generator=rollout_pool(shared, "generator-rollout", dirs.generator, cfg.generator, 7919,
                                    cfg.generator_pool),
-            g_learner=learner(shared, "GeneratorLearner", LearnerModel.POLICY, dirs.generator, cfg.generator),
-            r_learner=learner(shared, "RewardLearner", LearnerModel.REWARD, dirs.reward_model, cfg.reward_model),
+            g_learner=learner(shared, "GeneratorLearner", LearnerModel.POLICY, dirs.generator, cfg.generator, fresh),
+            r_learner=learner(shared, "RewardLearner", LearnerModel.REWARD, dirs.reward_model, cfg.reward_model,
+                              fresh),
             store=_named(shared.pinned, KeptStore, f"{prefix}KeptStore", store, max_task_retries=0),
             pinned=shared.pinned)
         system.generator.scale_to(cfg.generator_pool.min_workers)  # type: ignore[union-attr]

@@ -75,9 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("run", help="run the MedGR2 cycle (the flywheel or the rounds, solver SFT and GRPO, evaluation, report)")
     add_config_args(parser, required=True)
     parser.add_argument("--resume", action="store_true",
-                        help="continue a cycle.mode=rounds run in runs/<name>: complete co-evolution rounds are "
-                        "skipped (a config that changes what they produce is refused, naming the field) and GRPO "
-                        "continues from its checkpoint; without it the run starts over in the same directory")
+                        help="continue a killed run in runs/<name>. Continuous mode: G, R and P restart from "
+                        "their newest checkpoints, the kept store reloads what it kept, prompts already answered are "
+                        "skipped, P's SFT continues from its step (not bit-identical to an unbroken run; nothing "
+                        "kept or trained is lost or doubled). Rounds mode: complete rounds are skipped (a config "
+                        "that changes what they produce is refused, naming the field). GRPO continues from its "
+                        "checkpoint. Without it the run starts over in the same directory")
     parser.add_argument("--verbose", action="store_true",
                         help=f"print Ray's and Ray Train's own output here (default: runs/<name>/{RAY_LOG.as_posix()})")
     parser.set_defaults(handler=_run)

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import ray
 
+from medgr2_ray.actors.learner_host import feed_state_path
 from medgr2_ray.actors.store import StoreSpec
-from medgr2_ray.actors.system import ActorSystem, ModelDirs
+from medgr2_ray.actors.system import LEARNER_NAMES, ActorSystem, ModelDirs
 from medgr2_ray.config import Config, ModelConfig, dump_config
 from medgr2_ray.data.store import write_samples
 from medgr2_ray.eval.protocols import EvalResult
@@ -98,15 +99,25 @@ def model_dirs(cfg: Config) -> ModelDirs:
                      str(ensure_model_dir(cfg.reward_model, cache, seed, "reward")))
 
 
-def build_system(cfg: Config, data: CycleData, run_dir: Path, resume_rounds: int, prefix: str = "") -> ActorSystem:
-    """Put every image's pixels into the object store once and start the whole actor system."""
+def build_system(cfg: Config, data: CycleData, run_dir: Path, resume_rounds: int, prefix: str = "",
+                 resume_stream: bool = False) -> ActorSystem:
+    """Put every image's pixels into the object store once and start the whole actor system
+    (`resume_stream`: a continuous run's `--resume`: the store replays its log, the learners continue)."""
     images = {i.image_id: ray.put(data.pool.read_rgb(i)) for i in data.pool.images}
     # Learners and engines see the training images only; the store's guard also reads the held-out ones.
     shared = ActorSystem.shared(cfg, prefix, run_dir / "ray_train", images, {i.image_id: i for i in data.train})
     store = StoreSpec(str(run_dir / "data"), tuple(data.seeds), cfg.selection, cfg.run.seed, cfg.cycle.mode == "rounds",
                       {i.image_id: i for i in data.pool.images}, images, tuple(i.image_id for i in data.test), tuple(data.test_samples),
-                      cfg.cycle.generator_staleness, cfg.cycle.reward_staleness, resume_rounds)
-    return ActorSystem.build_flywheel(shared, model_dirs(cfg), store)
+                      cfg.cycle.generator_staleness, cfg.cycle.reward_staleness, resume_rounds, resume_stream)
+    return ActorSystem.build_flywheel(shared, model_dirs(cfg), store, resume=resume_stream)
+
+
+def check_continuous_resume(run_dir: Path, prefix: str = "") -> None:
+    """Refuse, in one line, a `--resume` of a continuous run that left nothing to continue from."""
+    feeds = [feed_state_path(run_dir / "ray_train", f"{prefix}{n}") for n in LEARNER_NAMES]
+    if not (run_dir / "data" / "stream" / "offers.jsonl").is_file() and not any(f.is_file() for f in feeds):
+        raise ValueError(f"--resume: '{run_dir}' holds no continuous-mode run to continue (no data/stream/offers.jsonl "
+                         "and no ray_train/*-feed.json); run without --resume to start it")
 
 
 class Stopwatch:
@@ -122,10 +133,11 @@ class Stopwatch:
         self._t = now
 
 
-def _data_phase(cfg: Config, wheel: Flywheel, data: CycleData, run_dir: Path, done: list[RoundRecord]) -> None:
+def _data_phase(cfg: Config, wheel: Flywheel, data: CycleData, run_dir: Path, done: list[RoundRecord],
+                resume: bool) -> None:
     """The flywheel's data phase in the configured mode; P's SFT is done when it returns."""
     if cfg.cycle.mode == "continuous":
-        wheel.run_continuous()
+        wheel.run_continuous(resume=resume)
         return
     run_rounds(wheel, cfg, data, run_dir, done)
     wheel.train_solver()
@@ -189,24 +201,27 @@ def _grpo(cfg: Config, system: ActorSystem, wheel: Flywheel, train_set: list[Sam
 
 def run_cycle(cfg: Config, progress: Progress, resume: bool = False, prefix: str = "") -> CycleResult:
     """Run every stage (see the module docstring); Ray must be initialised. `prefix` names this run's
-    actors (two runs can then share a namespace)."""
+    actors (two runs can then share a namespace; a resume must use the same prefix). `resume`: continue a
+    killed run in the same directory: the rounds mode after its last complete round; the continuous mode
+    from each learner's newest checkpoint and the store's log (`Flywheel.run_continuous`: no kept sample
+    or SFT step is lost or counted twice, but the result is not bit-identical to an unbroken run)."""
     start, clock = time.time(), Stopwatch()
     cfg = with_absolute_paths(cfg)
-    if resume and cfg.cycle.mode == "continuous":
-        raise ValueError("--resume continues runs made with cycle.mode=rounds; a continuous run starts over "
-                         "(its learners and store recover from actor deaths inside the run)")
+    continuous = cfg.cycle.mode == "continuous"
+    if resume and continuous:
+        check_continuous_resume(Path(cfg.run.root) / cfg.run.name, prefix)
     run_dir = _run_dir(cfg)
     data = prepare_data(cfg)
-    done = plan_rounds(cfg, data, run_dir, resume) if cfg.cycle.mode == "rounds" else []
+    done = plan_rounds(cfg, data, run_dir, resume) if not continuous else []
     evals: dict[str, EvalResult] = {}
     with RunLog(run_dir) as log:
-        system = build_system(cfg, data, run_dir, done[-1].round if done else 0, prefix)
+        system = build_system(cfg, data, run_dir, done[-1].round if done else 0, prefix, resume and continuous)
         clock.lap("start actors")
         try:
             untrained = start_evaluation(cfg, Path(system.learner.spec.model_dir), data.test_samples)
             wheel = Flywheel(cfg, system, data, log, progress)
             evaluated = _Evaluations(run_dir, wheel.spans)
-            _data_phase(cfg, wheel, data, run_dir, done)
+            _data_phase(cfg, wheel, data, run_dir, done, resume)
             clock.lap("data + solver SFT")
             kept: list[Sample] = ray.get(system.store.kept_samples.remote())
             train_set = kept + (data.seeds if cfg.solver.include_seeds else [])

@@ -75,6 +75,7 @@ class Flywheel:
         self.marks: dict[str, float] = {}  # wall-clock moments: "bootstrapped" (G and R first published), "data_end"
         self.phase = "data"
         self.bootstrap_items = (0, 0)  # items G and R must complete before generation starts
+        self.sft_resumed = 0  # P's SFT steps a resumed run's checkpoint holds
         self.spans: list[Span] = []
         self._last_status = 0.0
         self._last_receipt = time.time()
@@ -91,7 +92,7 @@ class Flywheel:
                     self._on_receipt(receipt)
                 continue
             lane = next(x for x in lanes if ref in x.waiting)
-            lane.on_done(ref, ray.get(ref))
+            lane.collect(ref)
             self.lane.g_weights = self.g.weights or self.lane.g_weights
             self.lane.r_weights = self.r.weights or self.lane.r_weights
         self.lane.pump()
@@ -158,21 +159,36 @@ class Flywheel:
             seed_share=self.cfg.cycle.seed_share, publish_every=self.cfg.cycle.publish_every, publish_at_end=False,
             span=span))
 
-    def bootstrap(self) -> None:
-        """Round 0: G learns to write samples from the seeds; R learns to answer, then to grade; both publish."""
-        cyc = self.cfg.cycle
-        self.g.grant(Phase(Recipe.GENERATOR_SFT, SampleSource.SEEDS, cyc.generator_bootstrap_steps, cyc.batch_size,
+    def bootstrap(self, done: dict[Recipe, int] | None = None) -> None:
+        """Round 0: G learns to write samples from the seeds; R learns to answer, then to grade; both publish.
+        `done`: training steps per recipe a resumed run's checkpoints hold (only the rest is granted)."""
+        cyc, done = self.cfg.cycle, done or {}
+        left = lambda recipe, steps: max(0, steps - done.get(recipe, 0))  # noqa: E731
+        g_steps = left(Recipe.GENERATOR_SFT, cyc.generator_bootstrap_steps)
+        self.g.grant(Phase(Recipe.GENERATOR_SFT, SampleSource.SEEDS, g_steps, cyc.batch_size,
                            "generator_sft", span="train:generator_bootstrap"))
-        if cyc.generator_bootstrap_steps == 0:
+        if g_steps == 0:
             self.g.publish_now()  # generation starts from what G is, but only once it is published
         if cyc.rm_verifier and cyc.rm_answer_steps:
-            self.r.grant(Phase(Recipe.REWARD_ANSWER, SampleSource.SEEDS, cyc.rm_answer_steps, cyc.batch_size,
-                               "reward_model", publish_at_end=False, span="train:reward_bootstrap"))
-        self.r.grant(Phase(Recipe.REWARD_GRADE, SampleSource.SEEDS, cyc.rm_bootstrap_steps, cyc.batch_size,
+            self.r.grant(Phase(Recipe.REWARD_ANSWER, SampleSource.SEEDS, left(Recipe.REWARD_ANSWER, cyc.rm_answer_steps),
+                               cyc.batch_size, "reward_model", publish_at_end=False, span="train:reward_bootstrap"))
+        r_steps = left(Recipe.REWARD_GRADE, cyc.rm_bootstrap_steps)
+        self.r.grant(Phase(Recipe.REWARD_GRADE, SampleSource.SEEDS, r_steps, cyc.batch_size,
                            "reward_model", span="train:reward_bootstrap"))
-        if cyc.rm_bootstrap_steps == 0:
+        if r_steps == 0:
             self.r.publish_now()
         self.bootstrap_items = (self.g.submitted + self.g.pending_steps(), self.r.submitted + self.r.pending_steps())
+
+    def resume(self) -> dict[Recipe, int]:
+        """`--resume` of a continuous run: each learner's step counters continue from its newest checkpoint
+        (steps after it are redone), the kept count from the store's replayed log; returns the steps done."""
+        done: dict[Recipe, int] = {}
+        for lane in (self.g, self.r, self.p):
+            lane.set_step_counters(lane.host.resumed.recipe_steps)
+            done.update(lane.recipe_steps)
+        self.kept_total = int(ray.get(self.sys.store.status.remote()).kept)
+        self.sft_resumed = done.get(Recipe.SOLVER_SFT, 0)
+        return done
 
     def grant_solver_sft(self, live: bool, steps: int | None = None) -> None:
         """P's SFT (`steps`, default all): every modality equally likely, on the seeds (unless turned off)
@@ -184,17 +200,26 @@ class Flywheel:
                            publish_at_end=False))
 
     # ------------------------------------------------------------ the two modes
-    def run_continuous(self, budget_s: float | None = None) -> None:
+    def run_continuous(self, budget_s: float | None = None, resume: bool = False) -> None:
         """The continuous flywheel (module docstring); returns when P's SFT is done and the data drained.
         With `budget_s` (benchmarks, tests) there is no solver: generation runs for `budget_s` seconds
-        after both bootstraps published, then the data drains."""
-        self.bootstrap()
+        after both bootstraps published, then the data drains. `resume`: continue a killed run (`resume`):
+        only the steps its checkpoints do not hold are granted, and prompts whose ids the store already
+        accepted are skipped (the same seeded stream otherwise; requests in flight at the kill are
+        generated again). Not bit-identical to an uninterrupted run: G and R's refresh credit for samples
+        kept before the kill is not granted again, and the steps after each checkpoint are redone on
+        batches drawn from the kept samples as they are now."""
+        done = self.resume() if resume else {}
+        self.bootstrap(done)
         solver = self.cfg.solver
+        sft_done = done.get(Recipe.SOLVER_SFT, 0)
         warm = round(solver.sft_steps * solver.sft_warmup_share) if solver.include_seeds else 0
         if budget_s is None:
-            self.grant_solver_sft(live=True, steps=warm)
-        stream = prompt_stream(self.data.train, [TaskType(t) for t in self.cfg.cycle.tasks],
-                               [PromptStrategy(s) for s in self.cfg.cycle.strategies], self.cfg.run.seed)
+            self.grant_solver_sft(live=True, steps=max(0, warm - sft_done))
+        accepted = set(ray.get(self.sys.store.accepted_ids.remote())) if resume else set()
+        stream = (p for p in prompt_stream(self.data.train, [TaskType(t) for t in self.cfg.cycle.tasks],
+                                           [PromptStrategy(s) for s in self.cfg.cycle.strategies], self.cfg.run.seed)
+                  if p[0].request_id not in accepted)
 
         def launch() -> None:
             if not self.bootstrapped():  # generation waits for both bootstraps
@@ -202,7 +227,7 @@ class Flywheel:
             if "bootstrapped" not in self.marks:
                 self.marks["bootstrapped"] = time.time()
                 if budget_s is None:  # the rest of P's SFT trains on the kept stream as it grows
-                    self.grant_solver_sft(live=True, steps=solver.sft_steps - warm)
+                    self.grant_solver_sft(live=True, steps=solver.sft_steps - max(warm, sft_done))
             self.lane.launch(stream, self.g.weights.version)
 
         if budget_s is None:
@@ -274,7 +299,7 @@ class Flywheel:
     # ------------------------------------------------------------ status
     def _solver_busy(self, stage: str) -> bool:
         """Report P's SFT progress; whether it still has steps to take."""
-        self.progress(stage, self.p.done, self.cfg.solver.sft_steps)
+        self.progress(stage, self.sft_resumed + self.p.done, self.cfg.solver.sft_steps)
         return self.p.busy()
 
     def status(self) -> FlywheelStatus:

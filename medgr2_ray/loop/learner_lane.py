@@ -6,7 +6,8 @@ step's batch is drawn by the kept-sample store from a `BatchSpec` fixed at submi
 after a restart draws the same batch), and passed to the learner as an object ref. A "live" phase reads
 the kept stream up to the store's count at submission time, so later steps see more kept samples.
 
-Results come back as `WorkDone` reports: the lane logs their metrics to the run log (one record per step,
+Results come back as `WorkDone` reports (`collect`; when the learner's feed died under a result, the
+lane waits on the same item again from the restarted feed: `LearnerHost.recover`): the lane logs their metrics to the run log (one record per step,
 stage = the phase's `log_stage`), keeps their busy spans for the timeline, and remembers the newest
 weights a step published.
 """
@@ -20,8 +21,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import ray
 
-from medgr2_ray.actors.learner_host import LearnerHost
+from medgr2_ray.actors.learner_host import FEED_DIED, LearnerHost
 from medgr2_ray.messages import BatchSpec, PublishWork, Recipe, SampleSource, Span, TrainWork, WorkDone
 from medgr2_ray.metrics import RunLog
 from medgr2_ray.types import WeightVersion
@@ -152,6 +154,17 @@ class LearnerLane:
         self.waiting[self.host.start(work)] = _Pending(stage, step, work, spec, span or f"train:{stage}")
         self.submitted += 1
 
+    def collect(self, ref: Any) -> WorkDone | None:
+        """Read the finished result `ref` and record it (`on_done`); when the learner's feed died under it,
+        wait on the same item's result from the restarted feed instead (None: nothing recorded yet)."""
+        try:
+            dones: list[WorkDone] = ray.get(ref)
+        except FEED_DIED:
+            self.waiting[self.host.recover(ref)] = self.waiting.pop(ref)
+            return None
+        self.host.received(ref)
+        return self.on_done(ref, dones)
+
     def on_done(self, ref: Any, dones: list[WorkDone]) -> WorkDone:
         """Record one reported item; returns rank 0's report."""
         pending = self.waiting.pop(ref)
@@ -167,6 +180,8 @@ class LearnerLane:
         self.done += 1
         if not self.waiting:
             self.idle_since = time.time()
+        if lead.extra.get("report_lost"):  # done inside the checkpoint of a feed that died: counted, no metrics
+            return lead
         if lead.weights is not None:
             self.weights = lead.weights
         self.spans.append(Span(self.host.name, pending.span, lead.started, lead.ended))

@@ -1,7 +1,8 @@
 """Learners hosted by Ray Train (`actors/learner_host.py`) on a real Ray cluster with a real tiny VLM:
 they learn, a SIGKILLed worker group comes back from its last checkpoint and redoes exactly the lost
-steps (the result equals an uninterrupted run's, versions only grow), and a new learner in a used
-storage directory never continues the old one."""
+steps (the result equals an uninterrupted run's, versions only grow), a SIGKILLed feed comes back from
+its durable state and the driver re-submits what it lost (every step reported once, the same weights bit
+for bit), and a new learner in a used storage directory never continues the old one."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import numpy as np
 import pytest
 import ray
 
-from medgr2_ray.actors.learner_host import LearnerHost, LearnerModel, LearnerSpec
+from medgr2_ray.actors.learner_host import FEED_DIED, LearnerHost, LearnerModel, LearnerSpec
 from medgr2_ray.config import GRPOConfig, LearnerConfig, ModelConfig
 from medgr2_ray.data.store import write_png
-from medgr2_ray.messages import Recipe, TrainWork
+from medgr2_ray.messages import Recipe, TrainWork, WorkDone
 from medgr2_ray.models.tiny import ensure_model_dir
 from medgr2_ray.types import MedImage, Modality, Sample, TaskType
 from tests.loop.conftest import _dicom_rgb
@@ -106,3 +107,57 @@ def test_a_new_learner_in_a_used_storage_directory_starts_over(ray_cluster: None
     finally:
         second.stop()
     assert any((again[k] != trained[k]).any() for k in trained), "the new learner continued the old one"
+
+
+def _pipelined(host: LearnerHost, batch: object, steps: int, kill_feed_after: int | None = None) -> list[WorkDone]:
+    """SFT steps two at a time in the learner's queue, read as the flywheel's lanes read them (a result the
+    feed's death failed is asked for again: `recover`); `kill_feed_after`: SIGKILL the feed once that
+    step's result is in, with the next step in flight. Returns rank 0's reports in the order received."""
+    got: list[WorkDone] = []
+    waiting: dict[object, int] = {}
+    step = 0
+    while step < steps or waiting:
+        while step < steps and len(waiting) < 2:
+            waiting[host.start(TrainWork(Recipe.SOLVER_SFT, batch, step, publish=True))] = step
+            step += 1
+        ready, _ = ray.wait(list(waiting), num_returns=1, timeout=600)
+        assert ready, "no learner step finished within 10 minutes"
+        ref = ready[0]
+        try:
+            dones = ray.get(ref)
+        except FEED_DIED:
+            waiting[host.recover(ref)] = waiting.pop(ref)
+            continue
+        host.received(ref)
+        got.append(dones[0])
+        if waiting.pop(ref) == kill_feed_after:
+            os.kill(ray.get(host.feed.ready.remote()).pid, signal.SIGKILL)
+    return got
+
+
+def test_a_sigkilled_feed_loses_no_step_and_counts_none_twice(ray_cluster: None, setting: dict,
+                                                               tmp_path: Path) -> None:
+    batch = ray.put(setting["samples"])
+    straight = _host(setting, "feed-straight", tmp_path / "a")
+    try:
+        _pipelined(straight, batch, 8)
+        want, v_straight = straight.weights_numpy(), straight.latest().version
+    finally:
+        straight.stop()
+
+    killed = _host(setting, "feed-killed", tmp_path / "b")
+    try:
+        reports = _pipelined(killed, batch, 8, kill_feed_after=5)  # its checkpoint covers items 0-3
+        info = ray.get(killed.feed.ready.remote())
+        got = killed.weights_numpy()
+        assert info.restarted and killed.feed_restarts == 1  # the feed died once, and came back
+        assert killed.status().restarts == 1  # the worker group restarted once, from the checkpoint
+        assert killed.latest().version > v_straight  # republished above everything published before
+    finally:
+        killed.stop()
+    # By id: every step reported exactly once (none lost, none twice), none only as a lost report.
+    assert sorted(r.index for r in reports) == list(range(8))
+    assert not any(r.extra.get("report_lost") for r in reports)
+    assert set(got) == set(want)
+    for name in want:  # redone from the same checkpoint on the same batches: the same weights, bit for bit
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

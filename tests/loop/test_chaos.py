@@ -1,8 +1,8 @@
 """Chaos: one actor of every kind is SIGKILLed at a seeded random moment of a short but whole cycle (the
 continuous flywheel, solver SFT, GRPO), on real Ray with real tiny models and the real seed pool.
 
-Killed once each: a generator, a scorer, the kept-sample store and the worker of each of the three
-learners (G, R, P) during the data phase; a policy rollout actor and the rollout buffer during GRPO. The
+Killed once each: a generator, a scorer, the kept-sample store, the worker of each of the three
+learners (G, R, P) and G's learner feed during the data phase; a policy rollout actor and the rollout buffer during GRPO. The
 run must finish, and the ledgers must prove by id that nothing was lost or counted twice: every
 generation request answered by the store exactly once and its candidates decided once, every GRPO
 request trained, dropped as stale, refused as uniform, buffered or in flight — exactly one of them.
@@ -30,14 +30,20 @@ from medgr2_ray.messages import FlywheelStatus
 
 pytestmark = pytest.mark.slow
 PREFIX = "chaos-"
-DATA_KINDS = ("generator-rollout-0", "scorer-0", "KeptStore", "GeneratorLearner", "RewardLearner", "PolicyLearner")
+DATA_KINDS = ("generator-rollout-0", "scorer-0", "KeptStore", "GeneratorLearner", "RewardLearner", "PolicyLearner",
+              "GeneratorLearnerFeed")
 GRPO_KINDS = ("policy-rollout-0", "RolloutBuffer")
 
 
 def _pid(name: str) -> int:
     """The process of a named actor, or of a learner's rank-0 train worker (named by its feed)."""
     if name.endswith("Learner"):
-        return int(ray.get(ray.get_actor(f"{PREFIX}{name}Feed").worker_pid.remote(), timeout=30))
+        for _ in range(600):  # 0 while a group restarts after its feed did (and os.kill(0) is our own group)
+            pid = int(ray.get(ray.get_actor(f"{PREFIX}{name}Feed").worker_pid.remote(), timeout=30))
+            if pid > 0:
+                return pid
+            time.sleep(0.5)
+        raise TimeoutError(f"{name}: no worker announced itself")
     return int(ray.get(ray.get_actor(f"{PREFIX}{name}").ready.remote(), timeout=60).pid)
 
 
