@@ -332,6 +332,11 @@ class LearnerHost:
                   flush=True)
         return self.result_ref(index)
 
+    def feed_died_in(self, exc: BaseException) -> bool:
+        """Whether a call failed because this learner's feed died (its own call, or one chained on its
+        result: Ray fails those with the feed's error, naming the feed's actor)."""
+        return isinstance(exc, FEED_DIED) and getattr(exc, "actor_id", None) == self.feed._actor_id.hex()
+
     def run(self, work: Work, timeout_s: float | None = None) -> list[WorkDone]:
         """Submit one item and wait for it (raises `LearnerError` if the learner died for good meanwhile)."""
         ref = self.start(work)

@@ -25,7 +25,11 @@ never exceed `grpo.buffer_size`.
 Faults. A generate/score/put chain that fails because an actor died (Ray restarts it, `max_restarts`)
 puts its requests back at the head of the queue: re-issued, counted, and deduplicated by id in the
 buffer, so the trained ids prove nothing was lost or trained twice. A step that trained nothing fails
-the generates chained on it (`StepNotDone`): their requests are re-issued the same way. Checkpoints (`checkpoint`) hold the
+the generates chained on it (`StepNotDone`): their requests are re-issued the same way. A learner step
+whose feed died (Ray restarts it) is read as the flywheel's lanes read theirs: `LearnerHost.recover`
+re-submits what the feed lost and the step's result is waited for again (read once: `received`); the
+generates chained on the dead result ref fail with it, and their requests are re-issued the same way
+(once: only the put carrying them reports it), without blaming the rollout or scorer actors. Checkpoints (`checkpoint`) hold the
 learner, the buffer, the prompt cursor and the requests in flight, and `resume` continues from them.
 """
 
@@ -43,6 +47,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from medgr2_ray.actors.learner_host import FEED_DIED
 from medgr2_ray.actors.persist import load_messages, save_messages
 from medgr2_ray.actors.pool import Member
 from medgr2_ray.actors.rollout import StepNotDone
@@ -51,7 +56,7 @@ from medgr2_ray.algo.admission import AdmissionState, launchable, launchable_aft
 from medgr2_ray.config import Config
 from medgr2_ray.loop.autoscale import PoolAutoscaler, ScaleSignals
 from medgr2_ray.messages import (BufferSnapshot, CallTime, GRPOAccounting, LoopStatus, PoolStatus, PutReceipt, Recipe, Span,
-                                 StepReport, TrainWork, WorkDone)
+                                 StepReport, TakeResult, TrainWork, WorkDone)
 from medgr2_ray.metrics import LEARNER_WAIT_S, REQUESTS_REISSUED, Metrics, RunLog
 from medgr2_ray.types import GenerationRequest, SamplingParams, WeightVersion
 
@@ -79,6 +84,7 @@ class Flight:
     chain: tuple[Member, ...] = ()  # the actors this chain ran on (blamed if it fails)
     chained: bool = False  # the next stage was submitted on this call's result: that one carries the requests
     after: Any = None  # generate ahead: the result ref of the learner step this chain waits for
+    take: Any = None  # a learner step: the ref of the buffer's take that is its batch
     submitted: float = field(default_factory=time.time)  # wall-clock, taken before the call was submitted
 
 
@@ -222,6 +228,9 @@ class Controller:
             budget -= len(batch)
 
     def _on_done(self, ref: Any, flight: Flight) -> None:
+        if flight.stage is Stage.LEARN:
+            self._on_learn(ref, flight)
+            return
         self.calls.append(CallTime(flight.stage.value, flight.submitted, time.time()))
         if flight.member is not None:
             flight.member.in_flight -= 1
@@ -234,8 +243,6 @@ class Controller:
         elif flight.stage is Stage.PUT:
             self.take_after.discard(ref)
             self._on_put(ref, flight)
-        else:
-            self._on_step(ref, ray.get(ref))
 
     def _submit_score(self, gen_ref: Any, flight: Flight) -> bool:
         """Send the rollouts of `gen_ref` (done, or chained on it) to the least busy ready scorer, and with
@@ -264,8 +271,9 @@ class Controller:
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.RayTaskError) as exc:
             # An actor of the chain (rollout, scorer or the buffer) died: do the requests again (Ray restarts
             # it); or the learner step a generate was chained on trained nothing (the actors are fine).
-            self._reissue(list(flight.requests), type(exc).__name__)
-            if not isinstance(exc, StepNotDone):
+            feed_died = self.sys.learner.feed_died_in(exc)  # the learner step a generate was chained on
+            self._reissue(list(flight.requests), "the learner's feed died" if feed_died else type(exc).__name__)
+            if not isinstance(exc, StepNotDone) and not feed_died:
                 self._suspect(flight.chain)
             self._check_buffer()
             return
@@ -317,7 +325,7 @@ class Controller:
         take = self.sys.buffer.take.remote(self.n, self.weights.version, self.cfg.grpo.max_staleness, *after,
                                            exact=bool(after))
         ref = self.sys.learner.start(TrainWork(Recipe.SOLVER_GRPO, take, self.steps_started, publish=True))
-        self.flights[ref] = Flight(Stage.LEARN, (), submitted=now)
+        self.flights[ref] = Flight(Stage.LEARN, (), submitted=now, take=take)
         self.take_after = set(after)
         self.steps_started += 1
         if self.cfg.loop.generate_ahead:  # now, while this process's view of the buffer is from before the take
@@ -338,6 +346,38 @@ class Controller:
                 if count >= groups:
                     return refs
         return []
+
+    def _on_learn(self, ref: Any, flight: Flight) -> None:
+        """Read a learner step's result; if the learner's feed died under it, wait for the same step's
+        result from the restarted feed instead (`LearnerHost.recover`, as the flywheel's lanes do)."""
+        try:
+            dones: list[WorkDone] = ray.get(ref)
+        except FEED_DIED:
+            # The generates chained on `ref` fail with it: no step may take its batch after their puts.
+            self.failed_steps.add(ref)
+            self.flights[self.sys.learner.recover(ref)] = flight
+            return
+        self.sys.learner.received(ref)
+        self.calls.append(CallTime(flight.stage.value, flight.submitted, time.time()))
+        if dones[0].extra.get("report_lost"):
+            dones = self._lost_report(dones, flight.take)
+        self._on_step(ref, dones)
+
+    def _lost_report(self, dones: list[WorkDone], take_ref: Any) -> list[WorkDone]:
+        """The step is inside the checkpoint of a feed that died before its report arrived here: done, once,
+        its metrics gone. Which groups it trained is its batch, the take this process still holds."""
+        lead = dones[0]
+        try:
+            take: TakeResult = ray.get(take_ref)
+        except ray.exceptions.RayError as exc:  # its batch was lost: the step trained nothing
+            return [replace(lead, error=f"{type(exc).__name__}: the batch is lost")]
+        latest = self.sys.learner.latest()  # the step's own publish died with the feed
+        weights = latest if latest is not None and latest.version > self.weights.version else None
+        groups = take.batch.groups
+        report = StepReport(0, take.batch.learner_version, lead.version, take.group_ids,
+                            tuple(g.weight_version for g in groups), take.dropped_stale_ids, {}, 0.0, weights,
+                            take.snapshot)
+        return [replace(lead, step_report=report, weights=weights)]
 
     def _on_step(self, ref: Any, dones: list[WorkDone]) -> None:
         if dones[0].error is not None:  # the buffer died, or a take ahead came up short: no step happened
