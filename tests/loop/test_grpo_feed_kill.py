@@ -23,7 +23,7 @@ class KillFeedOnce(Controller):
     """SIGKILLs the learner's feed right after the second step is queued (its generates chained on it)."""
 
     killed_pid: int | None = None
-    chained: list[str] = []  # the requests whose generate calls wait for the killed step's result
+    chained: tuple[str, ...] = ()  # the requests whose generate calls wait for the killed step's result
 
     def _maybe_start_step(self, steps: int) -> None:
         before = self.steps_started
@@ -31,7 +31,7 @@ class KillFeedOnce(Controller):
         if self.killed_pid is not None or (before, self.steps_started) != (1, 2):
             return
         step = next(ref for ref, f in self.flights.items() if f.stage is Stage.LEARN)
-        self.chained = sorted(r.request_id for f in self._in_flight() if f.after is step for r in f.requests)
+        self.chained = tuple(sorted(r.request_id for f in self._in_flight() if f.after is step for r in f.requests))
         self.killed_pid = ray.get(self.sys.learner.feed.ready.remote()).pid
         os.kill(self.killed_pid, signal.SIGKILL)
 
@@ -51,7 +51,7 @@ def test_a_sigkilled_feed_mid_grpo_loses_no_group_and_trains_none_twice(
         assert system.learner.feed_restarts == 1  # ... and the driver re-submitted what it lost, once
     finally:
         system.shutdown()
-    assert controller.chained == _ids(8, 12, questions)  # the third step's prompts, chained on the second
+    assert controller.chained == tuple(_ids(8, 12, questions))  # the third step's prompts, chained on the second
     assert ledger.reissued == 4  # their generates failed with the feed: issued again, exactly once
     assert ledger.trained_ids == _ids(0, 12, questions)  # the run finished its steps, each group once
     assert places["trained"] == ledger.trained_ids and places["outstanding"] == [] and places["buffered"] == []
