@@ -16,6 +16,7 @@ import math
 import re
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -180,6 +181,30 @@ def read_run_log(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def set_aside_records(run_dir: str | Path, redone: Callable[[dict[str, Any]], bool]) -> int:
+    """Move the records for which `redone(record)` holds from `metrics.jsonl` to `metrics.redone.jsonl`
+    (appended), before a resumed run logs the same steps again: the log keeps one record per step, and
+    nothing is deleted. Returns how many were moved. The rewrite is atomic (a crash leaves the old file)."""
+    import os
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    records = read_run_log(run_dir)
+    moved = [r for r in records if redone(r)]
+    if not moved:
+        return 0
+    with (path.parent / "metrics.redone.jsonl").open("a", encoding="utf-8") as aside:
+        aside.writelines(json.dumps(r) + "\n" for r in moved)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records if not redone(r))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return len(moved)
 
 
 _SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")

@@ -29,6 +29,7 @@ from pathlib import Path
 import ray
 
 from medgr2_ray.actors.learner_host import feed_state_path
+from medgr2_ray.actors.persist import read_json_state
 from medgr2_ray.actors.store import StoreSpec
 from medgr2_ray.actors.system import LEARNER_NAMES, ActorSystem, ModelDirs
 from medgr2_ray.config import Config, ModelConfig, dump_config
@@ -45,7 +46,7 @@ from medgr2_ray.loop.round_state import RoundRecord
 from medgr2_ray.loop.rounds import plan_rounds, run_rounds
 from medgr2_ray.loop.transfer import run_configured_transfers
 from medgr2_ray.messages import GRPOAccounting, Recipe, Span, StageWork
-from medgr2_ray.metrics import RunLog
+from medgr2_ray.metrics import RunLog, set_aside_records
 from medgr2_ray.models.tiny import ensure_model_dir
 from medgr2_ray.types import Sample
 
@@ -118,6 +119,23 @@ def check_continuous_resume(run_dir: Path, prefix: str = "") -> None:
     if not (run_dir / "data" / "stream" / "offers.jsonl").is_file() and not any(f.is_file() for f in feeds):
         raise ValueError(f"--resume: '{run_dir}' holds no continuous-mode run to continue (no data/stream/offers.jsonl "
                          "and no ray_train/*-feed.json); run without --resume to start it")
+
+
+LANE_STAGES = {"generator_sft": "GeneratorLearner", "reward_model": "RewardLearner", "solver_sft": "PolicyLearner"}
+
+
+def set_aside_redone(run_dir: Path, prefix: str = "") -> int:
+    """A continuous `--resume` redoes each learner's steps past its newest checkpoint, and logs them again:
+    the killed run's records of those steps (feed item index >= the checkpoint's) are moved out of
+    `metrics.jsonl` into `metrics.redone.jsonl` (not deleted: they show what the killed run did), so the
+    log holds one record per step. Returns how many were moved."""
+    covered: dict[str, int] = {}
+    for stage, name in LANE_STAGES.items():
+        state = feed_state_path(run_dir / "ray_train", f"{prefix}{name}")
+        if state.is_file():
+            covered[stage] = int(read_json_state(state)["covered"])
+    return set_aside_records(run_dir, lambda r: r.get("stage") in covered and r.get("item") is not None
+                             and r["item"] >= covered[r["stage"]])
 
 
 class Stopwatch:
@@ -210,6 +228,7 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False, prefix: str
     continuous = cfg.cycle.mode == "continuous"
     if resume and continuous:
         check_continuous_resume(Path(cfg.run.root) / cfg.run.name, prefix)
+        set_aside_redone(Path(cfg.run.root) / cfg.run.name, prefix)
     run_dir = _run_dir(cfg)
     data = prepare_data(cfg)
     done = plan_rounds(cfg, data, run_dir, resume) if not continuous else []

@@ -187,5 +187,6 @@ class LearnerLane:
         self.spans.append(Span(self.host.name, pending.span, lead.started, lead.ended))
         if self.log is not None and step >= 0:
             values = {k: v for k, v in lead.metrics.items() if np.isscalar(v) and np.isfinite(v)}
-            self.log.log(step, {**values, "version": float(lead.version)}, stage)
+            # `item`: the feed's index of this step; a `--resume` sets aside records past the checkpoint by it.
+            self.log.log(step, {**values, "version": float(lead.version), "item": float(lead.index)}, stage)
         return lead

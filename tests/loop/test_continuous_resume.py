@@ -59,14 +59,26 @@ def test_a_killed_continuous_run_resumes_without_losing_or_doubling_anything(
     feed = json.loads((run / "ray_train" / f"{PREFIX}PolicyLearner-feed.json").read_text())
     sft_in_checkpoint = feed["recipe_steps"]["solver_sft"]
     assert feed["checkpoint"] is not None and 4 <= sft_in_checkpoint < SFT_STEPS and accepted_before
-    records_before = len(_records(run))
+    killed_sft = [r for r in _records(run) if r["stage"] == "solver_sft"]
+    assert sorted(r["step"] for r in killed_sft) == list(range(len(killed_sft))) and len(killed_sft) > sft_in_checkpoint
 
     result = run_cycle(cfg, lambda *_: None, resume=True, prefix=PREFIX)
 
     assert {"untrained", "after_sft", "after_grpo"} <= set(result.evals) and result.report.is_file()
     # P's SFT: the steps its checkpoint held are not taken again; every later one exactly once.
-    after = [r["step"] for r in _records(run)[records_before:] if r["stage"] == "solver_sft"]
+    records = _records(run)
+    after = [r["step"] for r in records if r["stage"] == "solver_sft" and r["time"] > max(k["time"] for k in killed_sft)]
     assert sorted(after) == list(range(sft_in_checkpoint, SFT_STEPS))
+    # The log holds each learner step once: the killed run's records of the steps redone after its
+    # checkpoint were set aside (metrics.redone.jsonl), not kept beside the redone ones.
+    for stage in ("generator_sft", "reward_model", "solver_sft"):
+        items = [r["item"] for r in records if r["stage"] == stage]
+        assert len(items) == len(set(items)), f"{stage}: a step logged twice"
+    sft = [r["step"] for r in records if r["stage"] == "solver_sft"]
+    assert sorted(sft) == list(range(SFT_STEPS))
+    aside = [json.loads(line) for line in (run / "metrics.redone.jsonl").read_text().splitlines()]
+    assert sorted(r["step"] for r in aside if r["stage"] == "solver_sft") == sorted(
+        r["step"] for r in killed_sft if r["step"] >= sft_in_checkpoint)
     # Kept samples: those kept before the kill come back first, in order; none is kept twice.
     kept = [s.sample_id for s in read_samples(run / "data" / "stream" / "kept.jsonl")]
     assert kept[:len(kept_before)] == kept_before and len(kept) == len(set(kept)) == result.kept
