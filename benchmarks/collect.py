@@ -246,16 +246,18 @@ BENCHES = (
           "fault in fresh pages and run far slower", f"{PY}/weight_sync.py   # ~10 min, ~8 GB RAM at the 500M size", common_format),
     Bench("async_vs_sync", "Asynchronous vs synchronous GRPO loop",
           "the Ray loop on one GRPO job with max_staleness 0 and 1: samples/s, the stage times that bound the "
-          "possible overlap, and CPU per step of every process",
-          "overlap needs the rollout actor and the learner to each get a core; the two cores are shared",
+          "possible overlap, what this machine gives the two sides run at once in two plain processes (no Ray: the "
+          "ceiling for any orchestrator here), and CPU per step of every process",
+          "overlap needs the rollout actor and the learner to each get a core; the two cores are shared with "
+          "Ray's own processes, and two busy processes slow each other down",
           f"{PY}/async_vs_sync.py --reps 4", common_format),
     Bench("orchestration_overhead", "Orchestration overhead of the Ray loop",
-          "seconds per GRPO step of the synchronous Ray loop (calls through the driver, and chained on refs with "
-          "the learner's step queued ahead) against the same job in one plain process run just before it; where "
+          "seconds per GRPO step of the synchronous Ray loop (calls through the driver; chained on refs with "
+          "the learner's step queued ahead; and with the next step's generate chained on the learner step too) against the same job in one plain process run just before it; where "
           "each step's time goes, hop by hop, and CPU per step of every process; the same for the data lane",
           "actor calls and object-store hand-overs per step, each of which can wait for a time slice on shared "
           "cores beside Ray's own processes; the noise is of the same order as the overhead",
-          f"{PY}/orchestration_overhead.py --reps 3 --variants driver,ahead",
+          f"{PY}/orchestration_overhead.py --reps 3 --variants driver,ahead,next",
           common_format),
     Bench("vs_trl", "Against TRL's GRPOTrainer",
           "TRL 1.16 `GRPOTrainer` vs ours as a user runs it (the asynchronous Ray loop, max_staleness 1) and the "
