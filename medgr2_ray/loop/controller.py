@@ -35,12 +35,11 @@ learner, the buffer, the prompt cursor and the requests in flight, and `resume` 
 
 from __future__ import annotations
 
-import enum
 import time
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,52 +54,27 @@ from medgr2_ray.actors.system import ActorSystem
 from medgr2_ray.algo.admission import AdmissionState, launchable, launchable_after_step
 from medgr2_ray.config import Config
 from medgr2_ray.loop.autoscale import PoolAutoscaler, ScaleSignals
-from medgr2_ray.messages import (BufferSnapshot, CallTime, GRPOAccounting, LoopStatus, PoolStatus, PutReceipt, Recipe, Span,
-                                 StepReport, TakeResult, TrainWork, WorkDone)
+from medgr2_ray.loop.grpo_flights import Flight, Ledger, Stage
+from medgr2_ray.messages import (
+    BufferSnapshot,
+    CallTime,
+    GRPOAccounting,
+    LoopStatus,
+    PoolStatus,
+    PutReceipt,
+    Recipe,
+    Span,
+    StepReport,
+    TakeResult,
+    TrainWork,
+    WorkDone,
+)
 from medgr2_ray.metrics import LEARNER_WAIT_S, REQUESTS_REISSUED, Metrics, RunLog
 from medgr2_ray.types import GenerationRequest, SamplingParams, WeightVersion
 
 MAX_CALLS_PER_ACTOR = 2  # one running, one queued: an actor never idles between calls
 MAX_TIMINGS = 100_000  # call and step timings kept for the benchmarks (the newest)
 STATUS_EVERY_S = 1.0  # `medgr2 status` snapshots pushed to the monitor at most this often (and at the end)
-
-
-class Stage(enum.Enum):
-    """Where a call in flight is on its way: generate -> score -> put, or a learner step."""
-
-    GENERATE = "generate"
-    SCORE = "score"
-    PUT = "put"
-    LEARN = "learn"
-
-
-@dataclass
-class Flight:
-    """One call in flight: its stage, the actor it runs on, and the requests it carries."""
-
-    stage: Stage
-    requests: tuple[GenerationRequest, ...]
-    member: Member | None = None
-    chain: tuple[Member, ...] = ()  # the actors this chain ran on (blamed if it fails)
-    chained: bool = False  # the next stage was submitted on this call's result: that one carries the requests
-    after: Any = None  # generate ahead: the result ref of the learner step this chain waits for
-    take: Any = None  # a learner step: the ref of the buffer's take that is its batch
-    submitted: float = field(default_factory=time.time)  # wall-clock, taken before the call was submitted
-
-
-@dataclass
-class Ledger:
-    """Everything counted, so a run can prove where every request went."""
-
-    trained_ids: list[str] = field(default_factory=list)
-    dropped_stale_ids: list[str] = field(default_factory=list)
-    duplicate_ids: list[str] = field(default_factory=list)
-    uniform_ids: list[str] = field(default_factory=list)  # refused by dynamic sampling (no signal), then replaced
-    reissued: int = 0
-    staleness: list[int] = field(default_factory=list)
-    rewards: list[float] = field(default_factory=list)
-    published: list[int] = field(default_factory=list)  # weight versions handed to rollout actors
-    rollout_versions: set[int] = field(default_factory=set)  # versions that produced buffered groups
 
 
 class Controller:

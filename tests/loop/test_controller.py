@@ -16,7 +16,8 @@ import ray
 from medgr2_ray.actors.system import ActorSystem
 from medgr2_ray.cli import main
 from medgr2_ray.cli.status_cmd import read_status
-from medgr2_ray.loop.controller import Controller, Flight, Stage
+from medgr2_ray.loop.controller import Controller
+from medgr2_ray.loop.grpo_flights import Flight, Stage
 from medgr2_ray.metrics import read_run_log
 from medgr2_ray.types import GenerationRequest
 

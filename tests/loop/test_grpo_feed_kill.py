@@ -13,7 +13,8 @@ from typing import Any
 import ray
 
 from medgr2_ray.actors.system import ActorSystem
-from medgr2_ray.loop.controller import Controller, Stage
+from medgr2_ray.loop.controller import Controller
+from medgr2_ray.loop.grpo_flights import Stage
 from medgr2_ray.types import GenerationRequest
 from tests.loop.test_controller import account
 from tests.loop.test_generate_ahead import SYNC, _ids
