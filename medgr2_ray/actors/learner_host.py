@@ -322,15 +322,23 @@ class LearnerHost:
         """`ref` failed because the feed died: make sure the restarted feed holds every item not inside its
         checkpoint again (once per incarnation), and return a new ref for the same item's result."""
         index = self._refs.pop(ref.hex())
-        token = self._feed_call("incarnation")
-        if token != self._token:
-            self.feed_restarts += 1
-            covered: FeedCheckpoint = self._feed_call("restore", dict(self._items))
-            self._forget(covered.first)
-            self._token = token
-            print(f"[{self.name}] feed restarted: re-submitted items {covered.first}..{self._next_index - 1}",
-                  flush=True)
+        self.resync()
         return self.result_ref(index)
+
+    def resync(self) -> None:
+        """If the feed restarted since this host last looked, queue every item no checkpoint covers on it
+        again (once per incarnation). A failed result ref is one way to notice; `latest()`, which the loops
+        call every second, is the other: a feed that died when no result was outstanding (its last items
+        read, but not yet inside a checkpoint) would otherwise leave the restarted workers waiting forever
+        for items only this host still holds."""
+        token = self._feed_call("incarnation")
+        if token == self._token:
+            return
+        self.feed_restarts += 1
+        covered: FeedCheckpoint = self._feed_call("restore", dict(self._items))
+        self._forget(covered.first)
+        self._token = token
+        print(f"[{self.name}] feed restarted: re-submitted items {covered.first}..{self._next_index - 1}", flush=True)
 
     def feed_died_in(self, exc: BaseException) -> bool:
         """Whether a call failed because this learner's feed died (its own call, or one chained on its
@@ -363,7 +371,9 @@ class LearnerHost:
                 raise LearnerError(f"{self.name} failed: {exc}") from exc
 
     def latest(self) -> WeightVersion | None:
-        """The newest weights this learner published (None for a while after its feed restarted)."""
+        """The newest weights this learner published (None for a while after its feed restarted); gives a
+        restarted feed its items back first (`resync`)."""
+        self.resync()
         return self._feed_call("latest")
 
     def status(self) -> FeedStatus:

@@ -161,3 +161,45 @@ def test_a_sigkilled_feed_loses_no_step_and_counts_none_twice(ray_cluster: None,
     assert set(got) == set(want)
     for name in want:  # redone from the same checkpoint on the same batches: the same weights, bit for bit
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_a_feed_killed_with_nothing_in_flight_gets_its_items_back(ray_cluster: None, setting: dict,
+                                                                 tmp_path: Path) -> None:
+    """Items 4 and 5 are trained and read, but no checkpoint covers them yet, when the feed dies with no
+    result outstanding: no failed ref tells the host, so the next `latest()` (which the loops call every
+    second) must give the restarted feed those items back, or the restarted workers wait for them forever."""
+    batch = ray.put(setting["samples"])
+    straight = _host(setting, "idle-straight", tmp_path / "a")
+    try:
+        _train(straight, batch, range(8))
+        want = straight.weights_numpy()
+    finally:
+        straight.stop()
+    killed = _host(setting, "idle-killed", tmp_path / "b")
+    try:
+        _train(killed, batch, range(6))  # the checkpoint covers items 0-3
+        pid = ray.get(killed.feed.ready.remote()).pid
+        os.kill(pid, signal.SIGKILL)
+        _wait_for_new_process(killed.feed, pid)  # so the next step goes to the new feed and does not fail
+        killed.latest()  # the loops' periodic read: notices the new incarnation and re-submits 4 and 5
+        reports = [killed.run(TrainWork(Recipe.SOLVER_SFT, batch, step, publish=True), timeout_s=600)[0]
+                   for step in (6, 7)]
+        assert killed.feed_restarts == 1 and killed.status().restarts == 1
+        got = killed.weights_numpy()
+    finally:
+        killed.stop()
+    assert [r.index for r in reports] == [6, 7]
+    for name in want:  # items 4 and 5 redone from the checkpoint on the same batch: the same weights
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def _wait_for_new_process(actor: object, old_pid: int) -> None:
+    """Until Ray has restarted `actor` in a process other than `old_pid`."""
+    for _ in range(600):
+        try:
+            if ray.get(actor.ready.remote(), timeout=30).pid != old_pid:  # type: ignore[attr-defined]
+                return
+        except FEED_DIED:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("the actor did not come back")
