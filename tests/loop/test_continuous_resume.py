@@ -60,7 +60,9 @@ def test_a_killed_continuous_run_resumes_without_losing_or_doubling_anything(
     sft_in_checkpoint = feed["recipe_steps"]["solver_sft"]
     assert feed["checkpoint"] is not None and 4 <= sft_in_checkpoint < SFT_STEPS and accepted_before
     killed_sft = [r for r in _records(run) if r["stage"] == "solver_sft"]
-    assert sorted(r["step"] for r in killed_sft) == list(range(len(killed_sft))) and len(killed_sft) > sft_in_checkpoint
+    # The driver logs a step once it reads its result, which may lag the learner: the checkpoint can hold
+    # more steps than were logged (then nothing needs setting aside) or fewer (then the records past it must).
+    assert sorted(r["step"] for r in killed_sft) == list(range(len(killed_sft)))
 
     result = run_cycle(cfg, lambda *_: None, resume=True, prefix=PREFIX)
 
@@ -74,9 +76,13 @@ def test_a_killed_continuous_run_resumes_without_losing_or_doubling_anything(
     for stage in ("generator_sft", "reward_model", "solver_sft"):
         items = [r["item"] for r in records if r["stage"] == stage]
         assert len(items) == len(set(items)), f"{stage}: a step logged twice"
+    # Every step from the checkpoint on is logged once; below it, what the killed run had logged (a step it
+    # trained inside its checkpoint but had not yet read is trained, not logged: its report died with it).
     sft = [r["step"] for r in records if r["stage"] == "solver_sft"]
-    assert sorted(sft) == list(range(SFT_STEPS))
-    aside = [json.loads(line) for line in (run / "metrics.redone.jsonl").read_text().splitlines()]
+    logged_before = {r["step"] for r in killed_sft if r["step"] < sft_in_checkpoint}
+    assert sorted(sft) == sorted(logged_before | set(range(sft_in_checkpoint, SFT_STEPS)))
+    redone = run / "metrics.redone.jsonl"
+    aside = [json.loads(line) for line in redone.read_text().splitlines()] if redone.is_file() else []
     assert sorted(r["step"] for r in aside if r["stage"] == "solver_sft") == sorted(
         r["step"] for r in killed_sft if r["step"] >= sft_in_checkpoint)
     # Kept samples: those kept before the kill come back first, in order; none is kept twice.
