@@ -51,8 +51,6 @@ def limits(plain: grpo_job.PlainRun) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> None:
-    import ray
-
     common.single_thread()
     shape = grpo_job.JobShape(prompts_per_step=4, group_size=8, max_new_tokens=24, steps=3 if args.quick else 12,
                               warmup_steps=1 if args.quick else 4, settle_s=0.0 if args.quick else 60.0)
@@ -64,24 +62,7 @@ def run(args: argparse.Namespace) -> None:
     variants = [v for v in args.variants.split(",") if v]
     if not variants or sorted(set(variants) - set(grpo_job.VARIANTS)):
         raise SystemExit(f"--variants: a comma-separated subset of {list(grpo_job.VARIANTS)}")
-    grpo_job.ray_init()
-    by_variant: dict[str, dict[int, list[grpo_job.LoopRun]]] = {v: {0: [], ASYNC_STALENESS: []} for v in variants}
-    plain = grpo_job.PlainRun()
-    overlapped: list[grpo_job.OverlapRun] = []
-    try:
-        for rep in range(reps):  # interleaved: the stage times and all modes see the same load on average
-            one = grpo_job.run_plain(shape, policy_dir, seed=rep)
-            for name in ("step_s", "generate_s", "score_s", "train_s", "export_s", "load_s"):
-                getattr(plain, name).extend(getattr(one, name))
-            overlapped.append(grpo_job.run_overlapped(shape, policy_dir, seed=rep))
-            order = [(v, k) for v in variants for k in (0, ASYNC_STALENESS)]
-            for variant, staleness in order if rep % 2 == 0 else order[::-1]:
-                result = grpo_job.run_variant(shape, staleness, policy_dir, rep, variant)
-                by_variant[variant][staleness].append(result)
-                print(f"rep {rep} {variant} max_staleness={staleness}: {result.samples_per_s:.1f} samples/s, "
-                      f"staleness {np.bincount(result.staleness).tolist() if result.staleness else []}", flush=True)
-    finally:
-        ray.shutdown()
+    by_variant, plain, overlapped = measure(shape, policy_dir, variants, reps)
     lim = limits(plain)
     machine = [lim["sync_step_s"] / o.step_s() for o in overlapped]
     runs = by_variant[variants[-1]]  # the loop as it runs by default when "next" is last (it is by default)
@@ -117,6 +98,33 @@ def run(args: argparse.Namespace) -> None:
     goals(report, ratio, lim, machine)
     plot(report, sync_sps, async_sps, lim)
     report.save()
+
+
+def measure(shape: grpo_job.JobShape, policy_dir: Path, variants: list[str], reps: int
+            ) -> tuple[dict[str, dict[int, list[grpo_job.LoopRun]]], grpo_job.PlainRun, list[grpo_job.OverlapRun]]:
+    """Per repetition: the job in one process (stage times), its two sides at once in two plain processes
+    (the machine limit), then every variant sync and async through the Ray loop."""
+    import ray
+
+    grpo_job.ray_init()
+    by_variant: dict[str, dict[int, list[grpo_job.LoopRun]]] = {v: {0: [], ASYNC_STALENESS: []} for v in variants}
+    plain = grpo_job.PlainRun()
+    overlapped: list[grpo_job.OverlapRun] = []
+    try:
+        for rep in range(reps):  # interleaved: the stage times and all modes see the same load on average
+            one = grpo_job.run_plain(shape, policy_dir, seed=rep)
+            for name in ("step_s", "generate_s", "score_s", "train_s", "export_s", "load_s"):
+                getattr(plain, name).extend(getattr(one, name))
+            overlapped.append(grpo_job.run_overlapped(shape, policy_dir, seed=rep))
+            order = [(v, k) for v in variants for k in (0, ASYNC_STALENESS)]
+            for variant, staleness in order if rep % 2 == 0 else order[::-1]:
+                result = grpo_job.run_variant(shape, staleness, policy_dir, rep, variant)
+                by_variant[variant][staleness].append(result)
+                print(f"rep {rep} {variant} max_staleness={staleness}: {result.samples_per_s:.1f} samples/s, "
+                      f"staleness {np.bincount(result.staleness).tolist() if result.staleness else []}", flush=True)
+    finally:
+        ray.shutdown()
+    return by_variant, plain, overlapped
 
 
 def compare(report: common.Report, by_variant: dict[str, dict[int, list[grpo_job.LoopRun]]],
