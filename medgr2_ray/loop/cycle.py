@@ -40,7 +40,7 @@ from medgr2_ray.eval.rundata import CycleData, prepare_data
 from medgr2_ray.eval.timeline import STAGES_FILE, write_timeline
 from medgr2_ray.loop.evaluation import finish_evaluation, start_evaluation
 from medgr2_ray.loop.flywheel import Flywheel
-from medgr2_ray.loop.grpo_stage import GRPOResult, grpo_learner, grpo_on
+from medgr2_ray.loop.grpo_stage import GRPOResult, grpo_learner, grpo_on, set_aside_grpo_redone
 from medgr2_ray.loop.learner_lane import draw_salt
 from medgr2_ray.loop.round_state import RoundRecord
 from medgr2_ray.loop.rounds import plan_rounds, run_rounds
@@ -229,6 +229,8 @@ def run_cycle(cfg: Config, progress: Progress, resume: bool = False, prefix: str
     if resume and continuous:
         check_continuous_resume(Path(cfg.run.root) / cfg.run.name, prefix)
         set_aside_redone(Path(cfg.run.root) / cfg.run.name, prefix)
+    if resume:  # GRPO goes on from its newest checkpoint and logs the steps after it again
+        set_aside_grpo_redone(Path(cfg.run.root) / cfg.run.name)
     run_dir = _run_dir(cfg)
     data = prepare_data(cfg)
     done = plan_rounds(cfg, data, run_dir, resume) if not continuous else []

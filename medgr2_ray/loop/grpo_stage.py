@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 
+from medgr2_ray.actors.persist import load_messages
 from medgr2_ray.actors.system import ActorSystem
 from medgr2_ray.algo.requests import solver_requests
 from medgr2_ray.config import Config, LearnerConfig
@@ -24,6 +25,7 @@ from medgr2_ray.data.store import ImagePool
 from medgr2_ray.loop.controller import Controller
 from medgr2_ray.loop.flywheel import Progress
 from medgr2_ray.messages import GRPOAccounting, Span
+from medgr2_ray.metrics import set_aside_records
 from medgr2_ray.types import Sample
 
 
@@ -31,6 +33,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest `checkpoints/step_*` directory the controller wrote, if any."""
     found = sorted((run_dir / "checkpoints").glob("step_*"))
     return found[-1] if found else None
+
+
+def set_aside_grpo_redone(run_dir: Path) -> int:
+    """Before a resumed GRPO stage logs its steps again: the killed run's records of the steps past the
+    newest checkpoint (all of them when there is none) are moved from `metrics.jsonl` to
+    `metrics.redone.jsonl`, so the log holds one record per GRPO step. Call it before any `RunLog` of the
+    run is opened (the rewrite replaces the file). Returns how many were moved."""
+    latest = latest_checkpoint(run_dir)
+    done = int(load_messages(latest / "controller")["steps_done"]) if latest is not None else 0
+    return set_aside_records(run_dir, lambda r: r.get("stage") == "grpo" and int(r.get("step", 0)) > done)
 
 
 def grpo_learner(cfg: Config) -> LearnerConfig:
@@ -75,6 +87,8 @@ def grpo_on(cfg: Config, system: ActorSystem, samples: Sequence[Sample], run_dir
 def run_grpo(cfg: Config, policy_dir: Path, reward_dir: Path | None, samples: Sequence[Sample], pool: ImagePool,
              run_dir: Path, progress: Progress, resume: bool = False) -> Path:
     """The bare GRPO job from `policy_dir`; returns the directory of the trained policy."""
+    if resume:
+        set_aside_grpo_redone(run_dir)
     needed = {s.image_id for s in samples}
     images: dict[str, Any] = {i.image_id: ray.put(pool.read_rgb(i)) for i in pool.images if i.image_id in needed}
     system = ActorSystem.build(stage_config(cfg), policy_dir, reward_dir, storage=run_dir / "ray_train", images=images)
