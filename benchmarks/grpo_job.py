@@ -112,7 +112,7 @@ def blocking_feed(on: bool) -> None:
         return
 
     def start(self: LearnerHost, work: Any) -> Any:
-        return self.result_ref(int(ray.get(self.feed.submit.remote(work, self._index()))))
+        return self.result_ref(int(ray.get(self.feed.submit.remote(work, self._index(work)))))
 
     start.__wrapped__ = original  # type: ignore[attr-defined]
     LearnerHost.start = start  # type: ignore[method-assign]
