@@ -237,7 +237,7 @@ BENCHES = (
           "two cores shared by every actor: the continuous mode's gain is the time the rounds leave a core idle "
           "(generation waits for G's and R's training and the other way round); selection keeps few samples at "
           "this model size, and one held-out question is 1.7 points",
-          f"{PY}/flywheel_vs_rounds.py --reps 3 --budget 90 --cycles 2", common_format),
+          f"{PY}/flywheel_vs_rounds.py --reps 3 --budget 90 --cycles 3", common_format),
     Bench("weight_sync", "Weight sync through the object store",
           "the learner packs straight from its parameters into the publish buffer (`ray.put`), an engine in another "
           "actor serves the published buffers as read-only views (`HFEngine.load_weights`), for 10M-500M-parameter "
