@@ -37,6 +37,7 @@ trivial work: the most a compiled graph could save per hop of the loop.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -195,11 +196,21 @@ def data_tables(report: common.Report, shape: data_job.DataShape, paired: dict[s
     report.data["data"] = {"plain_call_s": plain_call, "lane_call_s": {v: [r.mean_call_s for r in runs]
                                                                         for v, runs in lanes.items()},
                            "overhead_pct": overhead, "hops_ms": med}
+    data_goal(report, overhead["chain"], med["chain"])
+
+
+def data_goal(report: common.Report, overhead: common.Stat, hops_ms: dict[str, float]) -> None:
+    """The data lane's goal: the paired per-call ratio and the orchestration hops' share of a call (the
+    store's `offer` counts as work: it is the selection itself)."""
+    spent = sum(v for k, v in hops_ms.items() if k not in hops.DATA_WORK and k != "call")
+    share = 100 * spent / hops_ms["call"]
+    met = overhead.median <= GOAL_PCT and share <= GOAL_PCT
     report.goals.append(common.Goal(
-        f"data lane per-call time within {GOAL_PCT:g}% of one process (calls one at a time)", f"<= {GOAL_PCT:g}% extra",
-        f"{overhead['chain'].fmt()}%", overhead["chain"].median <= GOAL_PCT,
-        "" if overhead["chain"].median <= GOAL_PCT else f"per-repetition overheads "
-        f"{[round(v, 1) for v in overhead['chain'].values]}%; the cut above shows where it goes"))
+        f"data lane per-call time within {GOAL_PCT:g}% of one process (calls one at a time)",
+        f"<= {GOAL_PCT:g}% extra, paired and by the hops",
+        f"{overhead.fmt()}% paired; orchestration hops {spent:.1f} of {hops_ms['call']:.0f} ms per call ({share:.1f}%)",
+        met, "" if met else f"per-repetition overheads {[round(v, 1) for v in overhead.values]}%; the cut above "
+        "shows where it goes"))
 
 
 # hop -> the one-process stage it matches (the same work)
@@ -247,7 +258,7 @@ def tables(report: common.Report, shape: grpo_job.JobShape, paired: dict[str, li
                    "overhead_pct": overhead, "hops_ms": med,
                    "hops_s": {v: [h.seconds for h in steps] for v, steps in cut.items()}}
     if DEFAULT in overhead:
-        goal(report, overhead[DEFAULT])
+        goal(report, overhead[DEFAULT], med[DEFAULT])
 
 
 def _median(values: list[float]) -> float:
@@ -264,15 +275,37 @@ def _driver_ms(runs: list[grpo_job.LoopRun], key: str) -> float:
     return common.summarize(values).median if values else float("nan")
 
 
-def goal(report: common.Report, overhead: common.Stat) -> None:
-    met = overhead.median <= GOAL_PCT
+def goal(report: common.Report, overhead: common.Stat, hops_ms: dict[str, float]) -> None:
+    """The per-step goal, met only when both measures agree: the paired per-step ratio (noisy: the
+    one-process baseline itself moves by several % between runs) and the orchestration hops' share of the
+    variant's median step (`hops.py`'s cut of the same runs)."""
+    share = 100 * hops_ms["overhead"] / hops_ms["step"]
+    met = overhead.median <= GOAL_PCT and share <= GOAL_PCT
     report.goals.append(common.Goal(
         f"Ray loop per-step time within {GOAL_PCT:g}% of one plain process at ~0.5-1 s steps",
-        f"<= {GOAL_PCT:g}% extra", f"{overhead.fmt()}%", met,
-        "" if met else f"per-repetition overheads {[round(v, 1) for v in overhead.values]}%; the per-call table "
-        "shows where the rest goes. Every hand-over between processes needs a time slice on the 2 cores, which "
-        f"other work shares (load average {report.machine['loadavg_at_start'][0]:.1f} at start)",
+        f"<= {GOAL_PCT:g}% extra, paired and by the hops", f"{overhead.fmt()}% paired; orchestration hops "
+        f"{hops_ms['overhead']:.1f} of {hops_ms['step']:.0f} ms per step ({share:.1f}%)", met,
+        "" if met else f"per-repetition overheads {[round(v, 1) for v in overhead.values]}%; the one-process "
+        "baseline moves by more than the goal between runs, so the hop cut is the steadier figure. Every hand-over "
+        "between processes needs a time slice on the 2 cores, which the work shares "
+        f"(load average {report.machine['loadavg_at_start'][0]:.1f} at start)",
     ))
+
+
+def regoal() -> None:
+    """Rewrite the committed page's goals from its JSON alone (the tables stay as measured)."""
+    path = common.RESULTS / "orchestration_overhead.json"
+    saved = json.loads(path.read_text())
+    report = common.Report(saved["name"], False, saved["settings"], machine=saved["machine"],
+                           tables=[(t["title"], t["markdown"]) for t in saved["tables"]], notes=saved["notes"],
+                           data=saved["data"])
+    o = saved["data"]["overhead_pct"][DEFAULT]
+    goal(report, common.Stat(o["median"], o["lo"], o["hi"], o["n"], tuple(o["values"])),
+         saved["data"]["hops_ms"][DEFAULT])
+    d = saved["data"]["data"]
+    o = d["overhead_pct"]["chain"]
+    data_goal(report, common.Stat(o["median"], o["lo"], o["hi"], o["n"], tuple(o["values"])), d["hops_ms"]["chain"])
+    report.save()
 
 
 def plot(report: common.Report, paired: dict[str, list[grpo_job.PlainRun]],
@@ -301,7 +334,9 @@ def main() -> None:
     parser.add_argument("--g-steps", type=int, default=150, help="G's SFT steps on the seeds before the data part")
     parser.add_argument("--settle", type=float, default=60.0,
                         help="most seconds to wait for Ray's processes to go quiet after building a system")
-    run(parser.parse_args())
+    parser.add_argument("--regoal", action="store_true", help="rewrite the committed page's goals from its JSON")
+    args = parser.parse_args()
+    regoal() if args.regoal else run(args)
 
 
 if __name__ == "__main__":
