@@ -224,6 +224,16 @@ BENCHES = (
           "bash scripts/selection_runs.sh 0 1 2\n"
           f"{PY}/learns_on_cpu.py --steps 1200 --jobs 3 --only solver --runs runs/selection-s0 runs/selection-s1 "
           "runs/selection-s2", solver),
+    Bench("learns_on_cpu_solver_flywheel", "The MedGR² solver on the flywheel's kept stream",
+          "per study split a continuous main job made with that split's seed (the flywheel's kept stream is its "
+          "selection); SFT on the seeds alone, the seeds + what the stream kept, and the seeds + a random set of "
+          "the same size from the same candidates (1200 steps, one training seed per arm)",
+          "one training seed per arm, as above; the kept stream is about training studies, and the held-out "
+          "questions are about studies no model saw",
+          "for K in 0 1 2; do .venv/bin/medgr2 run configs/cpu-tiny.yaml --set run.seed=$K --set "
+          "run.name=flywheel-s$K; done\n"
+          f"{PY}/learns_on_cpu.py --steps 1200 --jobs 3 --only solver --runs runs/flywheel-s0 runs/flywheel-s1 "
+          "runs/flywheel-s2 --out learns_on_cpu_solver_flywheel", solver),
     Bench("grpo_vs_sft", "GRPO after SFT vs equal-time SFT",
           "from the same checkpoint after 1200 SFT steps, 90 s of GRPO against 90 s more SFT (same lr, same seeds): "
           "held-out accuracy, GRPO steps and training reward",
