@@ -299,12 +299,9 @@ def regoal() -> None:
     report = common.Report(saved["name"], False, saved["settings"], machine=saved["machine"],
                            tables=[(t["title"], t["markdown"]) for t in saved["tables"]], notes=saved["notes"],
                            data=saved["data"])
-    o = saved["data"]["overhead_pct"][DEFAULT]
-    goal(report, common.Stat(o["median"], o["lo"], o["hi"], o["n"], tuple(o["values"])),
-         saved["data"]["hops_ms"][DEFAULT])
-    d = saved["data"]["data"]
-    o = d["overhead_pct"]["chain"]
-    data_goal(report, common.Stat(o["median"], o["lo"], o["hi"], o["n"], tuple(o["values"])), d["hops_ms"]["chain"])
+    grpo, data = saved["data"], saved["data"]["data"]
+    goal(report, common.Stat(**grpo["overhead_pct"][DEFAULT]), grpo["hops_ms"][DEFAULT])
+    data_goal(report, common.Stat(**data["overhead_pct"]["chain"]), data["hops_ms"]["chain"])
     report.save()
 
 
@@ -336,7 +333,10 @@ def main() -> None:
                         help="most seconds to wait for Ray's processes to go quiet after building a system")
     parser.add_argument("--regoal", action="store_true", help="rewrite the committed page's goals from its JSON")
     args = parser.parse_args()
-    regoal() if args.regoal else run(args)
+    if args.regoal:
+        regoal()
+    else:
+        run(args)
 
 
 if __name__ == "__main__":
