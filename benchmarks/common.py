@@ -187,6 +187,15 @@ class Report:
     notes: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def committed(cls, name: str) -> "Report":
+        """The committed page `name` as measured (tables, notes, data) without its goals: a script's
+        `--regoal` judges them again from the JSON alone, so the page's verdicts follow the script's rules."""
+        saved = json.loads((RESULTS / f"{name}.json").read_text())
+        return cls(saved["name"], False, saved["settings"], machine=saved["machine"],
+                   tables=[(t["title"], t["markdown"]) for t in saved["tables"]], notes=saved["notes"],
+                   data=saved["data"])
+
     @property
     def out_dir(self) -> Path:
         """results/ for full runs, results/quick/ for smoke runs (not committed)."""

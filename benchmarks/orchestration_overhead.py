@@ -37,7 +37,6 @@ trivial work: the most a compiled graph could save per hop of the loop.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -294,12 +293,8 @@ def goal(report: common.Report, overhead: common.Stat, hops_ms: dict[str, float]
 
 def regoal() -> None:
     """Rewrite the committed page's goals from its JSON alone (the tables stay as measured)."""
-    path = common.RESULTS / "orchestration_overhead.json"
-    saved = json.loads(path.read_text())
-    report = common.Report(saved["name"], False, saved["settings"], machine=saved["machine"],
-                           tables=[(t["title"], t["markdown"]) for t in saved["tables"]], notes=saved["notes"],
-                           data=saved["data"])
-    grpo, data = saved["data"], saved["data"]["data"]
+    report = common.Report.committed("orchestration_overhead")
+    grpo, data = report.data, report.data["data"]
     goal(report, common.Stat(**grpo["overhead_pct"][DEFAULT]), grpo["hops_ms"][DEFAULT])
     data_goal(report, common.Stat(**data["overhead_pct"]["chain"]), data["hops_ms"]["chain"])
     report.save()

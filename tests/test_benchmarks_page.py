@@ -54,3 +54,37 @@ def test_a_changed_result_changes_the_page(tmp_path: Path, monkeypatch) -> None:
     assert "mean 50.0%" in page and page != (BENCHMARKS / "README.md").read_text()
     kept = f"min {100 * learns['learns']['min']:.1f}%, +{100 * learns['learns']['gain_over_untrained']:.1f} points"
     assert "| the solver learns from template seeds | mean >= 65%" in page and f"mean 50.0%, {kept} | **not met** |" in page
+
+
+def _script(name: str) -> ModuleType:
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_regoal_gives_the_committed_verdicts(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A page's goals are judged from its JSON by the script's current rules (`--regoal`), so a rule that
+    changed without the page being rewritten fails here."""
+    for name in ("async_vs_sync", "orchestration_overhead"):
+        module = _script(name)
+        committed = json.loads((BENCHMARKS / "results" / f"{name}.json").read_text())
+        (tmp_path / f"{name}.json").write_text(json.dumps(committed))
+        monkeypatch.setattr(module.common, "RESULTS", tmp_path)
+        module.regoal()
+        assert json.loads((tmp_path / f"{name}.json").read_text())["goals"] == committed["goals"], name
+        assert (tmp_path / f"{name}.md").read_text() == (BENCHMARKS / "results" / f"{name}.md").read_text(), name
+
+
+def test_the_cpu_bound_counts_every_process_beside_the_stages() -> None:
+    """Two 150 ms stages and 50 ms of other processes' CPU per step on 2 cores: the step is at least
+    (300 + 50) / 2 = 175 ms, 150 / 175 of the theoretical limit; with one core free of overhead it is 150."""
+    bound = _script("async_vs_sync").cpu_bound
+    lim = {"sync_step_s": 0.3, "async_step_s": 0.15}
+    cpu = {"RolloutActor": 160.0, "RayTrainWorker": 170.0, "LearnerFeed": 30.0, "Ray: raylet": 20.0}
+    got = bound(lim, cpu, 2)
+    assert abs(got["other_cpu_s"] - 0.05) < 1e-9 and abs(got["work_step_s"] - 0.175) < 1e-9
+    assert abs(got["work_share"] - 0.15 / 0.175) < 1e-9 and abs(got["loop_step_s"] - 0.19) < 1e-9
+    assert bound(lim, {"RolloutActor": 150.0, "RayTrainWorker": 150.0}, 4)["work_share"] == 1.0
