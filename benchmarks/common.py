@@ -33,6 +33,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
+from medgr2_ray.loop.runtime import lean_local_cluster  # noqa: E402
+
+lean_local_cluster()  # the clusters the benchmarks start run as `medgr2 run`'s local cluster does
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # Ray starts its worker processes at niceness 15, below the driver and Ray's own processes. On cores
 # that other work shares, that alone made the same compute 1.5-2x slower in an actor than in this process

@@ -1,11 +1,16 @@
 """The worker setup hook silences exactly the chatty Ray Train loggers the run would print from, by the
-names those Ray modules really use (a Ray upgrade that renames them fails here, not silently)."""
+names those Ray modules really use (a Ray upgrade that renames them fails here, not silently); the same
+for the local-cluster settings Ray's own processes read."""
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 
-from medgr2_ray.loop.runtime import quiet_worker_logs
+import pytest
+
+from medgr2_ray.loop.runtime import LOCAL_CLUSTER_ENV, lean_local_cluster, quiet_worker_logs
 
 
 def test_quiet_worker_logs_reaches_ray_trains_own_loggers() -> None:
@@ -16,3 +21,17 @@ def test_quiet_worker_logs_reaches_ray_trains_own_loggers() -> None:
     assert context.logger.getEffectiveLevel() == logging.WARNING  # its per-report INFO line is gone
     assert placement_group_cleaner.logger.getEffectiveLevel() == logging.ERROR
     assert logging.getLogger("medgr2_ray").getEffectiveLevel() <= logging.WARNING  # ours untouched
+
+
+def test_lean_local_cluster_sets_what_rays_log_monitor_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray._private import log_monitor
+
+    source = inspect.getsource(log_monitor)
+    for key in LOCAL_CLUSTER_ENV:
+        assert f'os.getenv("{key}"' in source, f"Ray's log monitor no longer reads {key}"
+        monkeypatch.delenv(key, raising=False)
+    lean_local_cluster()
+    assert all(os.environ[k] == v for k, v in LOCAL_CLUSTER_ENV.items())
+    monkeypatch.setenv("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "7")  # the user's own setting wins
+    lean_local_cluster()
+    assert os.environ["RAY_LOG_MONITOR_MANY_FILES_THRESHOLD"] == "7"
