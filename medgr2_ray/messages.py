@@ -221,7 +221,8 @@ Work = TrainWork | PublishWork | SaveWork | CheckpointWork | RestoreWork | Stage
 
 @dataclass(frozen=True)
 class WorkDone:
-    """What one rank did with one work item. Rank 0's carries the published `weights`, when it published."""
+    """What one rank did with one work item. Rank 0's carries the published `weights`, when it published,
+    until a newer version exists (the feed then drops them: a held ref keeps a version in the object store)."""
 
     index: int
     rank: int
@@ -233,6 +234,16 @@ class WorkDone:
     step_report: StepReport | None = None  # GRPO steps: the groups this rank trained
     extra: dict[str, Any] = field(default_factory=dict)  # RestoreWork: the checkpoint's extra
     error: str | None = None  # the item's batch could not be read (its producer died): nothing was trained
+
+
+@dataclass(frozen=True)
+class StepSource:
+    """Where a queued learner step's result will be: `LearnerFeed.result(index)` on `feed` (an actor handle).
+    A rollout actor given one asks the feed itself, so the step's end reaches it in one hand-over (learner
+    -> feed -> rollout) instead of through the controller (learner -> feed -> controller -> rollout)."""
+
+    feed: Any
+    index: int
 
 
 @dataclass(frozen=True)

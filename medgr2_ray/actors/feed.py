@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from medgr2_ray.actors.info import actor_info
@@ -59,6 +60,7 @@ class LearnerFeed:
         self._next = 0
         self._covered = 0  # items below this index are inside a checkpoint: never redone
         self._latest: WeightVersion | None = None
+        self._carrying: list[tuple[int, int]] = []  # (item, rank) of reports that still hold published weights
         self._floor = 0  # the newest version ever published (survives the feed: `_latest`'s ref does not)
         self._starts = 0
         self._pid = 0
@@ -189,8 +191,9 @@ class LearnerFeed:
         worker is not heard: its group is about to restart and redo the item)."""
         if token is not None and token != self.token:
             return
-        self._done.setdefault(done.index, {}).setdefault(done.rank, done)
-        if done.weights is not None:
+        stored = self._done.setdefault(done.index, {}).setdefault(done.rank, done)
+        if stored is done and done.weights is not None:
+            self._carrying.append((done.index, done.rank))
             self.publish(done.weights)
         self._notify()
 
@@ -198,9 +201,25 @@ class LearnerFeed:
         """Hold the newest weights (versions only grow; the floor is saved before anyone can see them)."""
         if self._latest is None or weights.version > self._latest.version:
             self._latest = weights
+            self._drop_superseded(weights.version)
         if weights.version > self._floor:
             self._floor = weights.version
             self._save()
+
+    def _drop_superseded(self, newest: int) -> None:
+        """Reports keep the weights they published only until a newer version exists. A report holding a
+        `WeightVersion` holds its object ref, and the object store frees a version only once no process holds
+        its ref: kept, every version a run ever published stayed in the store (one per step, measured).
+        A later `result` of such an item reads `weights=None` with the item's `version`; whoever needs
+        weights then asks `latest`, which is newer."""
+        keep = []
+        for index, rank in self._carrying:
+            done = self._done[index][rank]
+            if done.weights is not None and done.weights.version < newest:
+                self._done[index][rank] = replace(done, weights=None)
+            else:
+                keep.append((index, rank))
+        self._carrying = keep
 
     def covered(self, index: int, checkpoint: str, token: str | None = None,
                 recipe_steps: dict[str, int] | None = None) -> None:

@@ -194,7 +194,8 @@ class Controller:
             if after is None:
                 ref = member.handle.generate.remote(list(batch), sampling, self.weights)
             else:
-                ref = member.handle.generate_after.remote(list(batch), sampling, self.weights, after)
+                ref = member.handle.generate_after.remote(list(batch), sampling, self.weights,
+                                                          self.sys.learner.source(after))
             member.in_flight += 1
             flight = self.flights[ref] = Flight(Stage.GENERATE, batch, member, after=after, submitted=now)
             if self.cfg.loop.chain_calls and not self.unscored:
@@ -364,7 +365,7 @@ class Controller:
         lead = reports[0]
         self.idle_since = time.perf_counter()
         self.steps_done += 1
-        self.step_dones.append(dones[0])
+        self.step_dones.append(replace(dones[0], weights=None))  # timings: its ref would keep the version stored
         self.last_wait += dones[0].metrics.get("batch_wait_s", 0.0)
         self.metrics.record(LEARNER_WAIT_S, self.last_wait)
         self.spans.append(Span(self.sys.learner.name, "train:grpo", dones[0].started, dones[0].ended))
