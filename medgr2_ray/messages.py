@@ -237,16 +237,6 @@ class WorkDone:
 
 
 @dataclass(frozen=True)
-class StepSource:
-    """Where a queued learner step's result will be: `LearnerFeed.result(index)` on `feed` (an actor handle).
-    A rollout actor given one asks the feed itself, so the step's end reaches it in one hand-over (learner
-    -> feed -> rollout) instead of through the controller (learner -> feed -> controller -> rollout)."""
-
-    feed: Any
-    index: int
-
-
-@dataclass(frozen=True)
 class FeedStart:
     """What a (re)started learner worker is told: publish above `floor`; resume at `first` from `checkpoint`."""
 

@@ -39,8 +39,8 @@ from typing import Any
 import ray
 
 from medgr2_ray.config import AugmentConfig, GRPOConfig, GradedDataConfig, LearnerConfig, ModelConfig
-from medgr2_ray.messages import (CheckpointWork, FeedCheckpoint, FeedStatus, PublishWork, RestoreWork, SaveWork, StageWork,
-                                 StepSource, StopWork, TrainWork, Work, WorkDone)
+from medgr2_ray.messages import (CheckpointWork, FeedCheckpoint, FeedStatus, PublishWork, RestoreWork, SaveWork, StageWork, StopWork,
+                                 TrainWork, Work, WorkDone)
 from medgr2_ray.types import MedImage, RewardObjective, WeightVersion
 
 KEEP_CHECKPOINTS = 2  # a learner's newest checkpoints kept on disk
@@ -293,10 +293,6 @@ class LearnerHost:
         ref = self.feed.run.remote(index, work)
         self._refs[ref.hex()] = index  # by id: holding the ref would keep its weights in the object store
         return ref
-
-    def source(self, ref: Any) -> StepSource:
-        """Where the result of the item `ref` (from `start`) can be asked for without this process."""
-        return StepSource(self.feed, self._refs[ref.hex()])
 
     def result_ref(self, index: int) -> Any:
         """An object ref resolving to every rank's `WorkDone` for item `index`."""

@@ -9,13 +9,9 @@ store once, so they never pass through the driver). After a crash Ray restarts t
 (`PoolConfig.max_restarts`): `__init__` rebuilds the engine from the model directory at version 0 and the
 next call brings it up to date; the controller re-issues the calls that died with it.
 
-`generate_after` is `generate` chained on a learner step: the controller submits it while the step runs,
-with where the step's result will be (`StepSource`); the actor asks the learner's feed for it and
-generation starts with the weights the step published the moment it publishes. The answer comes straight
-from the feed: one hand-over less than a result ref, which Ray resolves through the controller that owns it
-(learner -> feed -> controller -> rollout). Calls to an actor from one caller run in the order they were
-submitted, with or without arguments still pending, so waiting inside the call holds up nothing that a
-pending argument would not.
+`generate_after` is `generate` chained on a learner step: the controller submits it with the step's
+result ref while the step runs, Ray resolves that ref before the call runs, and generation starts with
+the weights the step published the moment it publishes, without a round trip through the controller.
 """
 
 from __future__ import annotations
@@ -31,16 +27,15 @@ from medgr2_ray.actors.info import actor_info, flush_spans, limit_threads, recor
 from medgr2_ray.algo.requests import resolve_images
 from medgr2_ray.config import EngineConfig, ModelConfig
 from medgr2_ray.data.images import ImageCache
-from medgr2_ray.messages import ActorInfo, StepSource, WorkDone
+from medgr2_ray.messages import ActorInfo, WorkDone
 from medgr2_ray.metrics import SAMPLES_GENERATED, TOKENS_GENERATED, TOKENS_PER_S, WEIGHT_VERSION, Metrics
 from medgr2_ray.sync.weights import fetch_weights
 from medgr2_ray.types import GenerationRequest, Rollout, SamplingParams, WeightVersion
 
 
 class StepNotDone(RuntimeError):
-    """The learner step a `generate_after` was chained on trained nothing (its batch could not be read), or
-    its weights are unknown here (the feed died before answering, or answered for a report it lost): the
-    prompts were admitted for the step after it, so the controller issues them again."""
+    """The learner step a `generate_after` was chained on trained nothing (its batch could not be read):
+    the prompts were admitted for the step after it, so the controller issues them again."""
 
 
 @dataclass(frozen=True)
@@ -102,21 +97,12 @@ class RolloutActor:
 
     def generate_after(
         self, requests: Sequence[GenerationRequest], sampling: SamplingParams, current: WeightVersion,
-        step: StepSource,
+        step: Sequence[WorkDone],
     ) -> list[Rollout]:
-        """`generate` once the learner step at `step` has finished, with the weights it published (or the
-        newest, if a later step has published since), or `current` (the newest before it) if it published none. A step that failed, or whose result the
-        feed cannot give (it died meanwhile, or lost the report), raises `StepNotDone`."""
-        try:
-            dones: list[WorkDone] = ray.get(step.feed.result.remote(step.index))
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-            raise StepNotDone(f"{self.name}: the learner's feed died before step item {step.index} "
-                              f"ended ({type(exc).__name__})") from None
-        lead = dones[0]
-        if lead.error is not None or lead.extra.get("report_lost"):
-            raise StepNotDone(f"{self.name}: the learner step this generate waited for trained nothing or its "
-                              f"report is lost: {lead.error or 'report lost'}")
-        weights = lead.weights
-        if weights is None and lead.version > current.version:  # published, and superseded since: the newest
-            weights = ray.get(step.feed.latest.remote())
-        return self.generate(requests, sampling, weights if weights is not None else current)
+        """`generate` once the learner step whose every rank's `WorkDone` is `step` has finished (the
+        controller passes its result ref; Ray resolves it first), with the weights it published, or
+        `current` (the newest before it) if it published none. A step that failed raises `StepNotDone`."""
+        lead = step[0]
+        if lead.error is not None:
+            raise StepNotDone(f"{self.name}: the learner step this generate waited for failed: {lead.error}")
+        return self.generate(requests, sampling, lead.weights if lead.weights is not None else current)

@@ -194,8 +194,7 @@ class Controller:
             if after is None:
                 ref = member.handle.generate.remote(list(batch), sampling, self.weights)
             else:
-                ref = member.handle.generate_after.remote(list(batch), sampling, self.weights,
-                                                          self.sys.learner.source(after))
+                ref = member.handle.generate_after.remote(list(batch), sampling, self.weights, after)
             member.in_flight += 1
             flight = self.flights[ref] = Flight(Stage.GENERATE, batch, member, after=after, submitted=now)
             if self.cfg.loop.chain_calls and not self.unscored:

@@ -4,8 +4,7 @@ A process that holds a `WeightVersion` holds its object ref, and the store frees
 process does. The learner's feed kept every step's report, weights included, so a run kept every version
 it ever published (measured before the fix: one more object and one more copy of the weights per step;
 for a 3B model's full weights, gigabytes per step). Now a report drops its weights once a newer version
-exists, and the controller's step timings hold none; both the synchronous and the asynchronous loop run
-here, since with staleness a rollout actor may ask for a step's result after a newer step published."""
+exists, and the controller's step timings hold none. The synchronous and the asynchronous loop both run."""
 
 from __future__ import annotations
 
