@@ -16,10 +16,10 @@ the best any orchestrator could reach here. The cores bound the Ray loop further
 not CPU, so a step needs the work's CPU plus that of every other process of the cluster (Ray's own, the
 driver, feed, scorer, buffer; the per-process table) spread over the cores (`cpu_bound`); the goal's
 line gives that shortest async step beside the ideal one and the measured one. Rollout-actor stall by
-weight sync = L / (G + L): the share of the rollout actor's time spent loading. The loop runs as by default (calls chained, the learner's
-next step queued ahead, its successor's generate calls chained on it: `loop.chain_calls`,
-`loop.take_ahead`, `loop.generate_ahead`), Ray's workers at this process's priority
-(`common.RAY_SYSTEM_CONFIG` says why).
+weight sync = L / (G + L): the share of the rollout actor's time spent loading. The loop runs as by
+default (calls chained, the learner's next step queued ahead, its successor's generate calls chained on
+it: `loop.chain_calls`, `loop.take_ahead`, `loop.generate_ahead`), Ray's workers at this process's
+priority (`common.RAY_SYSTEM_CONFIG` says why).
 
     .venv/bin/python benchmarks/async_vs_sync.py [--quick]
     .venv/bin/python benchmarks/async_vs_sync.py --regoal   # judge the committed page again from its JSON
@@ -233,12 +233,7 @@ def main() -> None:
     parser.add_argument("--variants", default="next",
                         help=f"how the loop submits calls, comma-separated, of {list(grpo_job.VARIANTS)}; the goal "
                              "is judged on the last (e.g. driver,next: before and after issue 17's cuts)")
-    parser.add_argument("--regoal", action="store_true", help="rewrite the committed page's goals from its JSON")
-    args = parser.parse_args()
-    if args.regoal:
-        regoal()
-    else:
-        run(args)
+    common.run_or_regoal(parser, run, regoal)
 
 
 if __name__ == "__main__":

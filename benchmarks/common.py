@@ -11,6 +11,7 @@ minutes apart on a 2-core machine shared with other work mean little) and writes
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import math
@@ -168,6 +169,17 @@ def machine() -> dict[str, Any]:
     except ImportError:
         info["ray"] = None
     return info
+
+
+def run_or_regoal(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], None],
+                  regoal: Callable[[], None]) -> None:
+    """A script's entry: measure (`run`), or with `--regoal` judge the committed page again from its JSON."""
+    parser.add_argument("--regoal", action="store_true", help="rewrite the committed page's goals from its JSON")
+    args = parser.parse_args()
+    if args.regoal:
+        regoal()
+    else:
+        run(args)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -326,12 +326,7 @@ def main() -> None:
     parser.add_argument("--g-steps", type=int, default=150, help="G's SFT steps on the seeds before the data part")
     parser.add_argument("--settle", type=float, default=60.0,
                         help="most seconds to wait for Ray's processes to go quiet after building a system")
-    parser.add_argument("--regoal", action="store_true", help="rewrite the committed page's goals from its JSON")
-    args = parser.parse_args()
-    if args.regoal:
-        regoal()
-    else:
-        run(args)
+    common.run_or_regoal(parser, run, regoal)
 
 
 if __name__ == "__main__":
