@@ -32,7 +32,12 @@ log = logging.getLogger(__name__)
 # 14-17 ms of CPU per 0.5 s GRPO step (benchmarks/results/orchestration_overhead.md's CPU table; 0-3 ms
 # with this setting). 0: it globs at most every 0.5 s (Ray's LOG_NAME_UPDATE_INTERVAL_S); a new actor's
 # first lines reach the driver's log up to that much later; nothing is lost, files are read from their start.
-LOCAL_CLUSTER_ENV = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0"}
+#
+# Ray Train starts a PreemptionWatcher actor per run that polls the nodes' drain state (a cloud provider
+# reclaiming a spot node). Nothing drains a cluster started on this machine, and every idle Ray worker costs
+# CPU here: its core worker wakes 100 times a second to check for signals (Ray's fixed 10 ms), ~9 ms of CPU
+# per second on the 2-core reference machine (benchmarks/results/orchestration_overhead.md, idle actor row).
+LOCAL_CLUSTER_ENV = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def lean_local_cluster() -> None:

@@ -71,6 +71,10 @@ def test_sft_learns_and_a_sigkilled_worker_redoes_exactly_the_lost_steps(
     straight = _host(setting, "host-straight", tmp_path / "a")
     try:
         losses = _train(straight, batch, range(10))
+        # The test cluster starts as `medgr2 run`'s local one (conftest: `lean_local_cluster`): Ray Train's
+        # helpers run, but no PreemptionWatcher (nothing drains a local node; each idle actor costs CPU).
+        alive = {a["ActorClassName"] for a in ray._private.state.actors().values() if a["State"] == "ALIVE"}
+        assert "TrainController" in alive and "PreemptionWatcher" not in alive, sorted(alive)
         want = straight.weights_numpy()
         v_straight = straight.latest().version
     finally:

@@ -23,12 +23,18 @@ def test_quiet_worker_logs_reaches_ray_trains_own_loggers() -> None:
     assert logging.getLogger("medgr2_ray").getEffectiveLevel() <= logging.WARNING  # ours untouched
 
 
-def test_lean_local_cluster_sets_what_rays_log_monitor_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lean_local_cluster_sets_what_ray_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     from ray._private import log_monitor
+    from ray.train.v2._internal import constants as train_constants
+    from ray.train.v2._internal.execution.controller import controller
 
-    source = inspect.getsource(log_monitor)
+    assert 'os.getenv("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD"' in inspect.getsource(log_monitor)
+    # Ray Train's controller reads the watcher's switch, and the driver passes it on to the controller
+    assert train_constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR == "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+    assert "ENABLE_PREEMPTION_WATCHER_ENV_VAR" in inspect.getsource(controller)
+    assert train_constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR in train_constants.ENV_VARS_TO_PROPAGATE
+    assert set(LOCAL_CLUSTER_ENV) == {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"}
     for key in LOCAL_CLUSTER_ENV:
-        assert f'os.getenv("{key}"' in source, f"Ray's log monitor no longer reads {key}"
         monkeypatch.delenv(key, raising=False)
     lean_local_cluster()
     assert all(os.environ[k] == v for k, v in LOCAL_CLUSTER_ENV.items())
