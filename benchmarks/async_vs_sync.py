@@ -31,6 +31,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets the offline/one-thread environment before torch is imported)
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
     variants = [v for v in args.variants.split(",") if v]
     if not variants or sorted(set(variants) - set(grpo_job.VARIANTS)):
         raise SystemExit(f"--variants: a comma-separated subset of {list(grpo_job.VARIANTS)}")
-    by_variant, plain, overlapped = measure(shape, policy_dir, variants, reps)
+    by_variant, plain, overlapped, idle = measure(shape, policy_dir, variants, reps)
     lim = limits(plain)
     machine = [lim["sync_step_s"] / o.step_s() for o in overlapped]
     runs = by_variant[variants[-1]]  # the loop as it runs by default when "next" is last (it is by default)
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> None:
     label = {0: "sync", ASYNC_STALENESS: "async"}
     proc_cpu.report_cpu(report, {label[k]: [r.trace.cpu_s for r in v] for k, v in runs.items()},
                         {label[k]: [r.steps for r in v] for k, v in runs.items()})
+    proc_cpu.report_idle(report, idle)
     report.data |= {"limits": lim, "plain": plain.__dict__, "overlapped": [o.__dict__ for o in overlapped],
                     "machine_limit": machine,
                     "runs": {str(k): [{**r.__dict__, "trace": None} for r in v] for k, v in runs.items()}}
@@ -122,9 +124,11 @@ def run(args: argparse.Namespace) -> None:
 
 
 def measure(shape: grpo_job.JobShape, policy_dir: Path, variants: list[str], reps: int
-            ) -> tuple[dict[str, dict[int, list[grpo_job.LoopRun]]], grpo_job.PlainRun, list[grpo_job.OverlapRun]]:
+            ) -> tuple[dict[str, dict[int, list[grpo_job.LoopRun]]], grpo_job.PlainRun, list[grpo_job.OverlapRun],
+                       list[float]]:
     """Per repetition: the job in one process (stage times), its two sides at once in two plain processes
-    (the machine limit), then every variant sync and async through the Ray loop."""
+    (the machine limit), then every variant sync and async through the Ray loop; last, what an idle Ray
+    actor costs in CPU here (ms per second, `proc_cpu.idle_actor_cpu`)."""
     import ray
 
     grpo_job.ray_init()
@@ -143,9 +147,10 @@ def measure(shape: grpo_job.JobShape, policy_dir: Path, variants: list[str], rep
                 by_variant[variant][staleness].append(result)
                 print(f"rep {rep} {variant} max_staleness={staleness}: {result.samples_per_s:.1f} samples/s, "
                       f"staleness {np.bincount(result.staleness).tolist() if result.staleness else []}", flush=True)
+        idle = proc_cpu.idle_actor_cpu()
     finally:
         ray.shutdown()
-    return by_variant, plain, overlapped
+    return by_variant, plain, overlapped, idle
 
 
 def compare(report: common.Report, by_variant: dict[str, dict[int, list[grpo_job.LoopRun]]],
@@ -189,7 +194,7 @@ def goals(report: common.Report, ratio: common.Stat, lim: dict[str, float], mach
             f"the loop took {1000 * async_step_s:.0f} ms. 0.95 of the ideal's speed needs that other CPU under "
             f"{1000 * (bound['cores'] * lim['async_step_s'] / 0.95 - lim['sync_step_s']):.0f} ms per step. (The ratio "
             "divides by the Ray loop's own sync step, which is slower than the one-process sum, so it can exceed "
-            "what the async step alone reaches.)"),
+            f"what the async step alone reaches.){_idle_note(report.data, async_step_s)}"),
     ))
     stall_met = lim["stall"] < 0.05
     report.goals.append(common.Goal(
@@ -197,6 +202,19 @@ def goals(report: common.Report, ratio: common.Stat, lim: dict[str, float], mach
         f"{100 * lim['stall']:.2f}% (load L / (G + L), full tiny-model weights every version)", stall_met,
         "" if stall_met else "load time is a large share of a short generate call",
     ))
+
+
+def _idle_note(data: dict[str, Any], step_s: float) -> str:
+    """How much of the other processes' CPU their being there costs, idle ("" where the page predates the
+    idle actor's measurement)."""
+    per_s = data.get("idle_actor_ms_per_s")
+    if not per_s:
+        return ""
+    idle = float(np.median(per_s))
+    workers = [n for n in proc_cpu.worker_rows(data["cpu_ms_per_step"]["async"]) if n not in WORK_PROCESSES]
+    return (f" Of that other CPU, ~{len(workers) * idle * step_s:.0f} ms per step is the cost of the processes' mere "
+            f"presence: at least {len(workers)} Ray worker processes beside the two stages, each spending {idle:.1f} ms "
+            "of CPU per second idle (Ray's core worker checks for signals every 10 ms; table).")
 
 
 def regoal() -> None:

@@ -95,6 +95,58 @@ def report_cpu(report: Any, cpu_s: dict[str, list[dict[str, float]]], steps: dic
     report.data["cpu_ms_per_step"] = per_step
 
 
+IDLE_ACTORS, IDLE_SECONDS = 4, 10.0
+
+
+def idle_actor_cpu(actors: int = IDLE_ACTORS, seconds: float = IDLE_SECONDS) -> list[float]:
+    """ms of CPU per second that each of `actors` idle Ray actors (no calls) spends over `seconds` (call
+    after `ray.init`). Every Ray worker pays it whether it works or not: its core worker wakes every 10 ms
+    to check for signals (a fixed interval in Ray's C++ core), so on a small machine a cluster's helper
+    processes cost CPU in proportion to their number, not to what they do."""
+    import time
+
+    import psutil
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Idle:
+        def pid(self) -> int:
+            return os.getpid()
+
+    handles = [Idle.remote() for _ in range(actors)]
+    try:
+        procs = [psutil.Process(pid) for pid in ray.get([h.pid.remote() for h in handles])]
+        time.sleep(2.0)  # past the start-up's imports
+        before = [sum(p.cpu_times()[:2]) for p in procs]
+        start = time.perf_counter()
+        time.sleep(seconds)
+        wall = time.perf_counter() - start
+        return [1000 * (sum(p.cpu_times()[:2]) - b) / wall for p, b in zip(procs, before)]
+    finally:
+        for h in handles:
+            ray.kill(h)
+
+
+def report_idle(report: Any, per_s: list[float]) -> None:
+    """The idle actor's CPU as a table (and in the report's data)."""
+    import statistics
+
+    report.table(f"An idle Ray actor on this machine: ms of CPU per second ({len(per_s)} actors with no calls, "
+                 f"{IDLE_SECONDS:g} s; Ray's core worker wakes every 10 ms to check for signals)",
+                 ["actors", "ms CPU per s, each"],
+                 [[str(len(per_s)), f"{statistics.median(per_s):.1f} [{min(per_s):.1f}-{max(per_s):.1f}]"]])
+    report.data["idle_actor_ms_per_s"] = per_s
+
+
+def worker_rows(cpu_ms: dict[str, float]) -> list[str]:
+    """The rows of a `report_cpu` column that are Ray workers waiting for calls, as an idle actor does
+    (actors, Ray Train's helpers, idle workers). Left out: Ray's daemons ("Ray: ..."), its two agents (not
+    task-executing workers), the driver, and a learner's `<name>-fit` task (its worker's main thread runs
+    the task, so it does not check for signals every 10 ms)."""
+    return [n for n in cpu_ms if not n.startswith("Ray: ") and not n.endswith("-fit")
+            and n not in ("driver (this process)", "DashboardAgent", "RuntimeEnvAgent")]
+
+
 class MachineCPU:
     """The whole machine's CPU use over time (/proc/stat, sampled by a thread every `every_s`): a benchmark
     that runs alone can ask which share of all cores was busy between two wall-clock moments."""
