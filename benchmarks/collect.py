@@ -271,7 +271,7 @@ BENCHES = (
           "each step's time goes, hop by hop, and CPU per step of every process; the same for the data lane",
           "actor calls and object-store hand-overs per step, each of which can wait for a time slice on shared "
           "cores beside Ray's own processes; the noise is of the same order as the overhead",
-          f"{PY}/orchestration_overhead.py --reps 3 --variants next",
+          f"{PY}/orchestration_overhead.py --reps 5 --variants next",
           common_format),
     Bench("vs_trl", "Against TRL's GRPOTrainer",
           "TRL 1.16 `GRPOTrainer` vs ours as a user runs it (the asynchronous Ray loop, max_staleness 1) and the "
