@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 #
 # Ray Train starts a PreemptionWatcher actor per run that polls the nodes' drain state (a cloud provider
 # reclaiming a spot node). Nothing drains a cluster started on this machine, and every idle Ray worker costs
-# CPU here: its core worker wakes 100 times a second to check for signals (Ray's fixed 10 ms), ~9 ms of CPU
-# per second on the 2-core reference machine (benchmarks/results/orchestration_overhead.md, idle actor row).
+# CPU here: its core worker wakes 100 times a second to check for signals (Ray's fixed 10 ms), 7.5-9.5 ms of
+# CPU per second on the 2-core reference machine (the idle-actor table in benchmarks/results/orchestration_overhead.md).
 LOCAL_CLUSTER_ENV = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
