@@ -44,7 +44,6 @@ from medgr2_ray.config import ModelConfig  # noqa: E402
 from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
 
 ASYNC_STALENESS = 1
-WORK_PROCESSES = ("RolloutActor", "RayTrainWorker")  # the two stages' processes; every other one is overhead
 
 
 def limits(plain: grpo_job.PlainRun) -> dict[str, float]:
@@ -62,8 +61,8 @@ def cpu_bound(lim: dict[str, float], cpu_ms: dict[str, float], cores: int) -> di
     Overlap can hide waiting but not CPU: a step needs its work's CPU and that of every other process of
     the cluster (Ray's own, the driver, feed, scorer, buffer), spread over `cores`. `work` counts the work
     as one process spends it (G + S + T + E + L); `loop` as the loop's two work processes spent it."""
-    other = sum(ms for name, ms in cpu_ms.items() if name not in WORK_PROCESSES) / 1000
-    work = {"work": lim["sync_step_s"], "loop": sum(cpu_ms.get(name, 0.0) for name in WORK_PROCESSES) / 1000}
+    other = sum(ms for name, ms in cpu_ms.items() if name not in proc_cpu.WORK_PROCESSES) / 1000
+    work = {"work": lim["sync_step_s"], "loop": sum(cpu_ms.get(name, 0.0) for name in proc_cpu.WORK_PROCESSES) / 1000}
     out = {"other_cpu_s": other, "cores": float(cores)}
     for key, cpu in work.items():
         step = max(lim["async_step_s"], (cpu + other) / cores)
@@ -205,16 +204,14 @@ def goals(report: common.Report, ratio: common.Stat, lim: dict[str, float], mach
 
 
 def _idle_note(data: dict[str, Any], step_s: float) -> str:
-    """How much of the other processes' CPU their being there costs, idle ("" where the page predates the
-    idle actor's measurement)."""
-    per_s = data.get("idle_actor_ms_per_s")
-    if not per_s:
+    """How much of the other processes' CPU their being there costs, idle ("" on a page without the idle
+    actor's measurement)."""
+    cost = proc_cpu.idle_cost(data, "async")
+    if cost is None:
         return ""
-    idle = float(np.median(per_s))
-    workers = [n for n in proc_cpu.worker_rows(data["cpu_ms_per_step"]["async"]) if n not in WORK_PROCESSES]
-    return (f" Of that other CPU, ~{len(workers) * idle * step_s:.0f} ms per step is the cost of the processes' mere "
-            f"presence: at least {len(workers)} Ray worker processes beside the two stages, each spending {idle:.1f} ms "
-            "of CPU per second idle (Ray's core worker checks for signals every 10 ms; table).")
+    return (f" Of that other CPU, ~{cost.ms_per_step(step_s):.0f} ms per step is the cost of the processes' mere "
+            f"presence: at least {cost.workers} Ray worker processes beside the two stages, each spending "
+            f"{cost.ms_per_s:.1f} ms of CPU per second idle (Ray's core worker checks for signals every 10 ms; table).")
 
 
 def regoal() -> None:

@@ -277,17 +277,15 @@ def _driver_ms(runs: list[grpo_job.LoopRun], key: str) -> float:
 
 
 def _idle_note(data: dict[str, Any], variant: str) -> str:
-    """What the cluster's Ray worker processes cost idle per step, from a page's data ("" where the page
-    predates the idle actor's measurement)."""
-    per_s = data.get("idle_actor_ms_per_s")
-    if not per_s:
+    """What the cluster's waiting Ray workers cost per step by being there ("" on a page without the
+    idle actor's measurement)."""
+    cost = proc_cpu.idle_cost(data, variant)
+    if cost is None:
         return ""
-    idle = _median(per_s)
-    workers = [n for n in proc_cpu.worker_rows(data["cpu_ms_per_step"][variant]) if n not in ("RolloutActor", "RayTrainWorker")]
     step_ms = data["hops_ms"][variant]["step"]
-    return (f". Beside the two processes that work, the cluster runs at least {len(workers)} Ray worker processes, and an "
-            f"idle one costs {idle:.1f} ms of CPU per second here (Ray's fixed 10 ms signal check): "
-            f"~{len(workers) * idle * step_ms / 1000:.0f} ms of CPU per {step_ms:.0f} ms step before any hand-over")
+    return (f". Beside the two processes that work, the cluster runs at least {cost.workers} Ray worker processes, "
+            f"and an idle one costs {cost.ms_per_s:.1f} ms of CPU per second here (Ray's fixed 10 ms signal check): "
+            f"~{cost.ms_per_step(step_ms / 1000):.0f} ms of CPU per {step_ms:.0f} ms step before any hand-over")
 
 
 def goal(report: common.Report, overhead: common.Stat, hops_ms: dict[str, float], idle_note: str = "") -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -138,13 +139,38 @@ def report_idle(report: Any, per_s: list[float]) -> None:
     report.data["idle_actor_ms_per_s"] = per_s
 
 
-def worker_rows(cpu_ms: dict[str, float]) -> list[str]:
+WORK_PROCESSES = ("RolloutActor", "RayTrainWorker")  # the GRPO loop's two stages; every other process is overhead
+
+
+def waiting_workers(cpu_ms: dict[str, float]) -> list[str]:
     """The rows of a `report_cpu` column that are Ray workers waiting for calls, as an idle actor does
-    (actors, Ray Train's helpers, idle workers). Left out: Ray's daemons ("Ray: ..."), its two agents (not
-    task-executing workers), the driver, and a learner's `<name>-fit` task (its worker's main thread runs
-    the task, so it does not check for signals every 10 ms)."""
+    (actors, Ray Train's helpers, idle workers). Left out: the two stages' processes, Ray's daemons
+    ("Ray: ..."), its two agents (not task-executing workers), the driver, and a learner's `<name>-fit` task
+    (its worker's main thread runs the task, so it does not check for signals every 10 ms)."""
     return [n for n in cpu_ms if not n.startswith("Ray: ") and not n.endswith("-fit")
-            and n not in ("driver (this process)", "DashboardAgent", "RuntimeEnvAgent")]
+            and n not in (*WORK_PROCESSES, "driver (this process)", "DashboardAgent", "RuntimeEnvAgent")]
+
+
+@dataclass(frozen=True)
+class IdleCost:
+    """What a cluster's waiting workers cost in CPU by their mere presence."""
+
+    workers: int  # at least this many (the CPU table groups processes by name)
+    ms_per_s: float  # each, idle (median of `idle_actor_cpu`)
+
+    def ms_per_step(self, step_s: float) -> float:
+        return self.workers * self.ms_per_s * step_s
+
+
+def idle_cost(data: dict[str, Any], column: str) -> IdleCost | None:
+    """From a page's data: `column`'s waiting workers and the idle actor's CPU (None where the page
+    predates the idle actor's measurement)."""
+    import statistics
+
+    per_s = data.get("idle_actor_ms_per_s")
+    if not per_s:
+        return None
+    return IdleCost(len(waiting_workers(data["cpu_ms_per_step"][column])), statistics.median(per_s))
 
 
 class MachineCPU:
