@@ -267,7 +267,7 @@ BENCHES = (
           "seconds per GRPO step of the synchronous Ray loop as it runs by default (calls chained on refs, the "
           "learner's step queued ahead, the next step's generate waiting on the learner step's result at the "
           "feed; `--variants driver,ahead,next` adds the earlier ways of submitting calls) against the same job "
-          "in one plain process run just before it; where "
+          "in one plain process, the two taking turns every 4 steps; where "
           "each step's time goes, hop by hop, and CPU per step of every process; the same for the data lane",
           "actor calls and object-store hand-overs per step, each of which can wait for a time slice on shared "
           "cores beside Ray's own processes; the noise is of the same order as the overhead",

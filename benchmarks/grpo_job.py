@@ -9,6 +9,12 @@
 * `run_plain`: the same steps in one Python process without Ray: `HFEngine.generate` -> the scorer's
   reward functions -> `PolicyLearner.grpo_step` -> `export_weights` -> `HFEngine.load_weights`, with each
   stage timed, which gives the stage times the theoretical limits are computed from.
+* `run_interleaved`: both at once, in blocks of a few steps that take turns (the loop's blocks through
+  its controller, the one-process blocks in this process while the loop's actors wait), so that each is
+  compared with steps taken seconds apart. This machine's speed drifts by 10-20% within minutes
+  (measured: the same generate call 232 ms, then 287 ms three minutes later), which is more than
+  the orchestration being measured; runs a minute apart cannot resolve it. A loop block's first step
+  is left out of its step times and of the hop cut: it starts from an idle loop, not from the step before.
 
 Both use the same tiny VLM, prompts (real CT/MR slices with a two-option modality question carried as a
 `Sample`), group size, completion length and seeds. Dynamic sampling is off so every step trains on the
@@ -19,6 +25,9 @@ first and not timed (optimizer state, allocator, first weight version).
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +149,9 @@ class LoopTrace:
     driver_wait_s: float
     driver_cpu_s: float
     cpu_s: dict[str, float]  # CPU seconds of the timed steps, by process (proc_cpu.py)
+    # Indices i into `step_dones` whose step (from step i-1's end to step i's end) is not cut into hops:
+    # a step that started from an idle loop (`run_interleaved`: the first of each block).
+    skip: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -153,6 +165,8 @@ class LoopRun:
     staleness: list[int]
     dropped_stale: int
     trace: LoopTrace | None = None
+    # Seconds of each step that followed the step before (`run_interleaved`); None: every step counts
+    step_times: list[float] | None = None
 
     @property
     def samples_per_s(self) -> float:
@@ -160,12 +174,15 @@ class LoopRun:
 
     @property
     def step_s(self) -> float:
+        if self.step_times:
+            return float(np.mean(self.step_times))
         return self.wall_s / self.steps
 
 
-def run_loop(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int = 0,
-             loop: dict[str, Any] | None = None) -> LoopRun:
-    """Build the actor system, run the warm-up steps, then time `shape.steps` more; always shuts down."""
+@contextmanager
+def _loop_system(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int,
+                 loop: dict[str, Any] | None) -> Iterator[tuple[Any, Any]]:
+    """The actor system and its controller, its warm-up steps run; always shut down afterwards."""
     import ray
 
     from medgr2_ray.actors.system import ActorSystem
@@ -181,28 +198,58 @@ def run_loop(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int = 
         if shape.settle_s > 0:
             proc_cpu.wait_quiet(timeout_s=shape.settle_s)
         controller.run(shape.warmup_steps)
-        trained_before = len(controller.ledger.trained_ids)
-        stale_before = len(controller.ledger.staleness)
         ray.get(system.monitor.drain_spans.remote())
-        # From the last warm-up step's result on: the first timed step starts there.
-        calls_before, dones_before = len(controller.calls) - 1, len(controller.step_dones) - 1
-        waited, cpu = controller.waited_s, controller.driver_cpu_s
+        yield system, controller
+    finally:
+        system.shutdown()
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """Where the controller's records stood before the timed steps: from the last warm-up step's result on
+    (the first timed step starts there)."""
+
+    calls: int
+    dones: int
+    waited_s: float
+    cpu_s: float
+    trained: int
+    stale: int
+
+    @classmethod
+    def of(cls, controller: Any) -> "_Mark":
+        return cls(len(controller.calls) - 1, len(controller.step_dones) - 1, controller.waited_s,
+                   controller.driver_cpu_s, len(controller.ledger.trained_ids), len(controller.ledger.staleness))
+
+
+def _finish(shape: JobShape, max_staleness: int, system: Any, controller: Any, mark: _Mark, wall: float,
+            cpu_s: dict[str, float], skip: frozenset[int] = frozenset()) -> "LoopRun":
+    """The timed steps' `LoopRun`, with what the controller and the actors recorded since `mark`."""
+    import ray
+
+    controller.close()  # the actors send the spans they batched
+    time.sleep(1.0)  # fire-and-forget calls to the monitor
+    trace = LoopTrace(list(controller.calls)[mark.calls:], list(controller.step_dones)[mark.dones:],
+                      ray.get(system.monitor.drain_spans.remote()), controller.waited_s - mark.waited_s,
+                      controller.driver_cpu_s - mark.cpu_s, cpu_s, skip)
+    ledger = controller.ledger
+    trained = len(ledger.trained_ids) - mark.trained
+    return LoopRun(max_staleness, wall, shape.steps, trained * shape.group_size, ledger.staleness[mark.stale:],
+                   len(ledger.dropped_stale_ids), trace)
+
+
+def run_loop(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int = 0,
+             loop: dict[str, Any] | None = None) -> LoopRun:
+    """Build the actor system, run the warm-up steps, then time `shape.steps` more; always shuts down."""
+    with _loop_system(shape, max_staleness, policy_dir, seed, loop) as (system, controller):
+        mark = _Mark.of(controller)
         procs = proc_cpu.ray_processes()
         cpu_before = proc_cpu.cpu_seconds(procs)
         start = time.perf_counter()
-        ledger = controller.run(shape.warmup_steps + shape.steps)
+        controller.run(shape.warmup_steps + shape.steps)
         wall = time.perf_counter() - start
         cpu_s = proc_cpu.per_name(cpu_before, proc_cpu.cpu_seconds(procs))
-        controller.close()  # the actors send the spans they batched
-        time.sleep(1.0)  # fire-and-forget calls to the monitor
-        trace = LoopTrace(list(controller.calls)[calls_before:], list(controller.step_dones)[dones_before:],
-                          ray.get(system.monitor.drain_spans.remote()), controller.waited_s - waited,
-                          controller.driver_cpu_s - cpu, cpu_s)
-        trained = len(ledger.trained_ids) - trained_before
-        return LoopRun(max_staleness, wall, shape.steps, trained * shape.group_size, ledger.staleness[stale_before:],
-                       len(ledger.dropped_stale_ids), trace)
-    finally:
-        system.shutdown()
+        return _finish(shape, max_staleness, system, controller, mark, wall, cpu_s)
 
 
 @dataclass
@@ -228,6 +275,12 @@ class PlainRun:
     def median(self, name: str) -> float:
         return float(np.median(getattr(self, name)))
 
+    def add(self, times: dict[str, float], samples: int) -> None:
+        """One timed step (`PlainJob.step`'s seconds by field name) and the samples it trained on."""
+        for name, value in times.items():
+            getattr(self, name).append(value)
+        self.samples += samples
+
 
 def _score(requests: list[GenerationRequest], rollouts: list[Any], cfg: Config) -> list[Any]:
     """The scorer's arithmetic (accuracy only, alpha = 0), without the actor."""
@@ -242,38 +295,90 @@ def _score(requests: list[GenerationRequest], rollouts: list[Any], cfg: Config) 
     return out
 
 
+class PlainJob:
+    """The job in this process (the HF engine's vision tokens suppressed, as in the actors): engine,
+    learner and prompts built once; `step` runs one step, each stage timed."""
+
+    def __init__(self, shape: JobShape, policy_dir: Path, seed: int = 0) -> None:
+        from medgr2_ray.engines.hf import HFEngine
+        from medgr2_ray.learner.policy import PolicyLearner
+        from medgr2_ray.types import SamplingParams
+
+        common.suppress_vision_tokens()
+        self.shape, self.cfg = shape, job_config(shape, 0, seed)
+        self.engine = HFEngine(policy_dir, self.cfg.policy, self.cfg.engine, seed=seed + 1000)
+        self.learner = PolicyLearner(policy_dir, self.cfg.policy, self.cfg.learner, self.cfg.grpo, seed)
+        self.prompts = job_requests(4 * shape.prompts_per_step)
+        self.sampling = SamplingParams(n=shape.group_size, temperature=self.cfg.grpo.temperature,
+                                       max_new_tokens=shape.max_new_tokens)
+
+    def step(self, step: int) -> dict[str, float]:
+        """Step `step`: seconds of each stage (`PlainRun`'s field names) and of the whole step."""
+        from dataclasses import replace
+
+        start, per = time.perf_counter(), self.shape.prompts_per_step
+        batch = [replace(self.prompts[(step * per + k) % len(self.prompts)], request_id=f"{step}:{k}")
+                 for k in range(per)]
+        gen_s, rollouts = common.timed(lambda: self.engine.generate(batch, self.sampling))
+        score_s, groups = common.timed(lambda: _score(batch, rollouts, self.cfg))
+        train_s, _ = common.timed(lambda: self.learner.grpo_step(groups))
+        export_s, flat = common.timed(self.learner.export_weights)
+        load_s, _ = common.timed(lambda: self.engine.load_weights(flat, self.learner.version))
+        return {"step_s": time.perf_counter() - start, "generate_s": gen_s, "score_s": score_s,
+                "train_s": train_s, "export_s": export_s, "load_s": load_s}
+
+
 def run_plain(shape: JobShape, policy_dir: Path, seed: int = 0) -> PlainRun:
-    """The same steps in this process (the HF engine's vision tokens suppressed, as in the actors)."""
-    from dataclasses import replace
-
-    from medgr2_ray.engines.hf import HFEngine
-    from medgr2_ray.learner.policy import PolicyLearner
-    from medgr2_ray.types import SamplingParams
-
-    common.suppress_vision_tokens()
-    cfg = job_config(shape, 0, seed)
-    engine = HFEngine(policy_dir, cfg.policy, cfg.engine, seed=seed + 1000)
-    learner = PolicyLearner(policy_dir, cfg.policy, cfg.learner, cfg.grpo, seed)
-    prompts = job_requests(4 * shape.prompts_per_step)
-    sampling = SamplingParams(n=shape.group_size, temperature=cfg.grpo.temperature, max_new_tokens=shape.max_new_tokens)
-    run = PlainRun()
+    """The same steps in this process (`PlainJob`), warm-up steps untimed."""
+    job, run = PlainJob(shape, policy_dir, seed), PlainRun()
     for step in range(shape.warmup_steps + shape.steps):
-        start = time.perf_counter()
-        batch = [replace(prompts[(step * shape.prompts_per_step + k) % len(prompts)], request_id=f"{step}:{k}")
-                 for k in range(shape.prompts_per_step)]
-        gen_s, rollouts = common.timed(lambda: engine.generate(batch, sampling))
-        score_s, groups = common.timed(lambda: _score(batch, rollouts, cfg))
-        train_s, _ = common.timed(lambda: learner.grpo_step(groups))
-        export_s, flat = common.timed(learner.export_weights)
-        load_s, _ = common.timed(lambda: engine.load_weights(flat, learner.version))
-        if step < shape.warmup_steps:
-            continue
-        run.step_s.append(time.perf_counter() - start)
-        for name, value in (("generate_s", gen_s), ("score_s", score_s), ("train_s", train_s), ("export_s", export_s),
-                            ("load_s", load_s)):
-            getattr(run, name).append(value)
-        run.samples += shape.prompts_per_step * shape.group_size
+        times = job.step(step)
+        if step >= shape.warmup_steps:
+            run.add(times, shape.prompts_per_step * shape.group_size)
     return run
+
+
+def run_interleaved(shape: JobShape, policy_dir: Path, seed: int, variant: str,
+                    block: int = 4) -> tuple[LoopRun, PlainRun]:
+    """The synchronous loop (one of `VARIANTS`) and the one-process job in blocks of `block` steps that take
+    turns (the loop first in even blocks), `shape.steps` timed steps each (module docstring). The loop's
+    step times leave out each block's first step; its CPU counts its own blocks only."""
+    overrides, blocking = VARIANTS[variant]
+    job, plain = PlainJob(shape, policy_dir, seed), PlainRun()
+    for step in range(shape.warmup_steps):
+        job.step(step)
+    blocking_feed(blocking)
+    try:
+        with _loop_system(shape, 0, policy_dir, seed, overrides) as (system, controller):
+            mark, procs = _Mark.of(controller), proc_cpu.ray_processes()
+            cpu: dict[str, float] = defaultdict(float)
+            wall, kept, skip, done = 0.0, [], set(), shape.warmup_steps
+            for b in range(-(-shape.steps // block)):
+                k = min(block, shape.warmup_steps + shape.steps - done)
+                if b % 2:
+                    _plain_block(job, plain, done, k)
+                first = len(controller.step_dones)
+                skip.add(first - mark.dones)  # from the trace's first entry, the last warm-up step
+                before, start = proc_cpu.cpu_seconds(procs), time.perf_counter()
+                controller.run(done + k)
+                wall += time.perf_counter() - start
+                for name, seconds in proc_cpu.per_name(before, proc_cpu.cpu_seconds(procs)).items():
+                    cpu[name] += seconds
+                ends = [d.ended for d in list(controller.step_dones)[first:]]
+                kept += [z - a for a, z in zip(ends, ends[1:])]
+                if b % 2 == 0:
+                    _plain_block(job, plain, done, k)
+                done += k
+            run = _finish(shape, 0, system, controller, mark, wall, dict(cpu), frozenset(skip))
+    finally:
+        blocking_feed(False)
+    run.step_times = kept
+    return run, plain
+
+
+def _plain_block(job: PlainJob, run: PlainRun, first: int, steps: int) -> None:
+    for step in range(first, first + steps):
+        run.add(job.step(step), job.shape.prompts_per_step * job.shape.group_size)
 
 
 def ray_init(num_cpus: int = 4) -> None:

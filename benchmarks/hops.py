@@ -92,9 +92,11 @@ def step_hops(prev: Any, done: Any, calls: Sequence[Any], spans: Sequence[Any]) 
 
 
 def trace_hops(trace: Any) -> list[StepHops]:
-    """Every timed step of a `grpo_job.LoopTrace` that can be cut (its first `WorkDone` is the step before)."""
-    dones = trace.step_dones
-    cut = (step_hops(a, b, trace.calls, trace.spans) for a, b in zip(dones, dones[1:]))
+    """Every timed step of a `grpo_job.LoopTrace` that can be cut (its first `WorkDone` is the step before;
+    the steps in its `skip` started from an idle loop, not from the step before, and are left out)."""
+    dones, skip = trace.step_dones, trace.skip
+    cut = (step_hops(a, b, trace.calls, trace.spans)
+           for i, (a, b) in enumerate(zip(dones, dones[1:]), start=1) if i not in skip)
     return [h for h in cut if h is not None]
 
 

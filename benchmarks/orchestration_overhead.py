@@ -21,9 +21,12 @@ The loop runs in several variants, side by side in one run, each adding one way 
 
 For each variant, the per-call table (`hops.py`) cuts every timed step into the calls and hand-overs it
 is made of (actor calls, object-store hand-overs, the feed's round trip, the driver's own time), from
-what the controller and the actors recorded; medians over the steps of all repetitions. Repetitions
-alternate the plain loop and the variants (in turn forwards and backwards) so all see the same machine
-load on average; each variant's overhead is computed per repetition against that repetition's plain run.
+what the controller and the actors recorded; medians over the steps of all repetitions. In every
+repetition the loop and the one-process job take turns in blocks of `--block` steps
+(`grpo_job.run_interleaved`): this machine's speed drifts by more than the overhead within minutes, so
+each is compared with steps taken seconds apart, never with a run a minute before. A variant's overhead
+is computed per repetition: its mean step (each block's first step, which starts from an idle loop, left
+out) against the mean one-process step of the same repetition.
 
 The data flywheel gets the matching measurement (`--parts data`, `data_job.py`): one call of the data
 lane (generate -> parse + score -> the kept-sample store's decision) on real actors, calls run one at a
@@ -97,20 +100,20 @@ def page_name(tokens: int) -> str:
 def run_grpo(args: argparse.Namespace, report: common.Report, variants: list[str], reps: int) -> None:
     """The GRPO loop in every variant beside one process; its tables, plot and goal."""
     shape = grpo_job.JobShape(prompts_per_step=4, group_size=8, max_new_tokens=args.tokens,
-                              steps=3 if args.quick else 12, warmup_steps=1 if args.quick else 4,
+                              steps=4 if args.quick else 16, warmup_steps=1 if args.quick else 4,
                               settle_s=0.0 if args.quick else args.settle)
     report.settings["shape"] = shape.__dict__
     cache = Path(args.cache or tempfile.mkdtemp(prefix="medgr2-bench-"))
     policy_dir = ensure_model_dir(ModelConfig(), cache, seed=0, role="policy")
     plains: dict[str, list[grpo_job.PlainRun]] = {v: [] for v in variants}
     loops: dict[str, list[grpo_job.LoopRun]] = {v: [] for v in variants}
+    report.settings["block"] = args.block
     for rep in range(reps):
         for name in variants if rep % 2 == 0 else variants[::-1]:
-            # Each loop run right after its own one-process run: the load drifts between runs.
-            plains[name].append(grpo_job.run_plain(shape, policy_dir, seed=rep))
-            loops[name].append(grpo_job.run_variant(shape, 0, policy_dir, rep, name))
-            print(f"rep {rep}: {name} {loops[name][-1].step_s:.3f} s/step, one process "
-                  f"{plains[name][-1].wall_s / len(plains[name][-1].step_s):.3f} s/step", flush=True)
+            loop, plain = grpo_job.run_interleaved(shape, policy_dir, rep, name, args.block)
+            loops[name].append(loop)
+            plains[name].append(plain)
+            print(f"rep {rep}: {name} {loop.step_s:.3f} s/step, one process {_step_s(plain):.3f} s/step", flush=True)
     idle = proc_cpu.idle_actor_cpu()
     tables(report, shape, plains, loops, idle)
     plot(report, plains, loops)
@@ -234,14 +237,15 @@ def _step_s(run: grpo_job.PlainRun) -> float:
 
 def tables(report: common.Report, shape: grpo_job.JobShape, paired: dict[str, list[grpo_job.PlainRun]],
            loops: dict[str, list[grpo_job.LoopRun]], idle_ms_per_s: list[float]) -> None:
-    """Seconds per step and overhead per variant (each run against the one-process run just before it);
+    """Seconds per step and overhead per variant (each run against the one-process steps of its repetition);
     the per-call table; what an idle actor costs; the goal."""
     plains = [p for runs in paired.values() for p in runs]
     overhead = {v: common.summarize([100 * (r.step_s / _step_s(p) - 1) for r, p in zip(runs, paired[v])])
                 for v, runs in loops.items()}
     report.table(f"Seconds per GRPO step ({shape.prompts_per_step} prompts x {shape.group_size} completions of "
-                 f"{shape.max_new_tokens} tokens, {shape.steps} timed steps per run), overhead vs the one-process "
-                 "run just before", ["loop", "s/step", "one process, paired", "overhead %"],
+                 f"{shape.max_new_tokens} tokens, {shape.steps} timed steps per run of each, in turns of "
+                 f"{report.settings.get('block', '?')} steps; a loop turn's first step left out), overhead vs the "
+                 "one-process steps of the same repetition", ["loop", "s/step", "one process, paired", "overhead %"],
                  [[f"Ray loop, {v}", common.summarize([r.step_s for r in runs]).fmt(),
                    common.summarize([_step_s(p) for p in paired[v]]).fmt(), overhead[v].fmt()]
                   for v, runs in loops.items()])
@@ -300,8 +304,8 @@ def _idle_note(data: dict[str, Any], variant: str) -> str:
 
 def goal(report: common.Report, overhead: common.Stat, hops_ms: dict[str, float], idle_note: str = "") -> None:
     """The per-step goal, met only when both measures agree: the paired per-step ratio (noisy: the
-    one-process baseline itself moves by several % between runs) and the orchestration hops' share of the
-    variant's median step (`hops.py`'s cut of the same runs)."""
+    machine's speed moves by several % even between turns seconds apart) and the orchestration hops' share
+    of the variant's median step (`hops.py`'s cut of the same runs)."""
     share = 100 * hops_ms["overhead"] / hops_ms["step"]
     met = overhead.median <= GOAL_PCT and share <= GOAL_PCT
     report.goals.append(common.Goal(
@@ -309,9 +313,9 @@ def goal(report: common.Report, overhead: common.Stat, hops_ms: dict[str, float]
         f"(here {hops_ms['step'] / 1000:.2f} s)",
         f"<= {GOAL_PCT:g}% extra, paired and by the hops", f"{overhead.fmt()}% paired; orchestration hops "
         f"{hops_ms['overhead']:.1f} of {hops_ms['step']:.0f} ms per step ({share:.1f}%)", met,
-        "" if met else f"per-repetition overheads {[round(v, 1) for v in overhead.values]}%; the one-process "
-        "baseline moves by more than the goal between runs, so the hop cut is the steadier figure. Every hand-over "
-        "between processes needs a time slice on the 2 cores, which the work shares "
+        "" if met else f"per-repetition overheads {[round(v, 1) for v in overhead.values]}%; the machine's "
+        "speed moves by more than the goal from turn to turn, so the hop cut is the steadier figure. Every "
+        "hand-over between processes needs a time slice on the 2 cores, which the work shares "
         f"(load average {report.machine['loadavg_at_start'][0]:.1f} at start){idle_note}",
     ))
 
@@ -336,7 +340,8 @@ def plot(report: common.Report, paired: dict[str, list[grpo_job.PlainRun]],
         ax.plot(range(len(runs)), [100 * (r.step_s / _step_s(p) - 1) for r, p in zip(runs, paired[name])], "s-",
                 color=f"C{k}", label=f"Ray loop, {name}")
     ax.axhline(GOAL_PCT, color="grey", linestyle="--", label=f"goal {GOAL_PCT:g}%")
-    ax.set(xlabel="repetition", ylabel="% over the one-process run just before", title="orchestration overhead")
+    ax.set(xlabel="repetition", ylabel="% over the one-process steps of the repetition",
+           title="orchestration overhead")
     ax.legend()
     fig.tight_layout()
     fig.savefig(report.png_path(), dpi=110)
@@ -353,6 +358,8 @@ def main() -> None:
     parser.add_argument("--parts", default="grpo,data", help="grpo (the GRPO loop), data (the data flywheel's lane)")
     parser.add_argument("--data-cache", default="~/.cache/medgr2_ray", help="seed pool and tiny models (data part)")
     parser.add_argument("--g-steps", type=int, default=150, help="G's SFT steps on the seeds before the data part")
+    parser.add_argument("--block", type=int, default=4,
+                        help="GRPO part: steps per turn of the loop and of the one-process job")
     parser.add_argument("--settle", type=float, default=60.0,
                         help="most seconds to wait for Ray's processes to go quiet after building a system")
     common.run_or_regoal(parser, run, regoal)
