@@ -13,8 +13,9 @@
   its controller, the one-process blocks in this process while the loop's actors wait), so that each is
   compared with steps taken seconds apart. This machine's speed drifts by 10-20% within minutes
   (measured: the same generate call 232 ms, then 287 ms three minutes later), which is more than
-  the orchestration being measured; runs a minute apart cannot resolve it. A loop block's first step
-  is left out of its step times and of the hop cut: it starts from an idle loop, not from the step before.
+  the orchestration being measured; runs a minute apart cannot resolve it. Each block's first step is
+  left out of the step times (and of the hop cut): the loop's starts from an idle loop, not from the
+  step before, and either side's first step follows the other side's turn on the cores.
 
 Both use the same tiny VLM, prompts (real CT/MR slices with a two-option modality question carried as a
 `Sample`), group size, completion length and seeds. Dynamic sampling is off so every step trains on the
@@ -341,8 +342,8 @@ def run_plain(shape: JobShape, policy_dir: Path, seed: int = 0) -> PlainRun:
 def run_interleaved(shape: JobShape, policy_dir: Path, seed: int, variant: str,
                     block: int = 4) -> tuple[LoopRun, PlainRun]:
     """The synchronous loop (one of `VARIANTS`) and the one-process job in blocks of `block` steps that take
-    turns (the loop first in even blocks), `shape.steps` timed steps each (module docstring). The loop's
-    step times leave out each block's first step; its CPU counts its own blocks only."""
+    turns (the loop first in even blocks), `shape.steps` steps each (module docstring). Both sides' step
+    times leave out each block's first step; the loop's CPU counts its own blocks only."""
     overrides, blocking = VARIANTS[variant]
     job, plain = PlainJob(shape, policy_dir, seed), PlainRun()
     for step in range(shape.warmup_steps):
@@ -377,8 +378,12 @@ def run_interleaved(shape: JobShape, policy_dir: Path, seed: int, variant: str,
 
 
 def _plain_block(job: PlainJob, run: PlainRun, first: int, steps: int) -> None:
+    """One turn of the one-process job; its first step is left out as the loop's is, so that both sides
+    count only steps that follow a step of their own (the other side just had the cores and caches)."""
     for step in range(first, first + steps):
-        run.add(job.step(step), job.shape.prompts_per_step * job.shape.group_size)
+        times = job.step(step)
+        if step > first:
+            run.add(times, job.shape.prompts_per_step * job.shape.group_size)
 
 
 def ray_init(num_cpus: int = 4) -> None:

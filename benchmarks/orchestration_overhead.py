@@ -25,8 +25,8 @@ what the controller and the actors recorded; medians over the steps of all repet
 repetition the loop and the one-process job take turns in blocks of `--block` steps
 (`grpo_job.run_interleaved`): this machine's speed drifts by more than the overhead within minutes, so
 each is compared with steps taken seconds apart, never with a run a minute before. A variant's overhead
-is computed per repetition: its mean step (each block's first step, which starts from an idle loop, left
-out) against the mean one-process step of the same repetition.
+is computed per repetition: its mean step against the mean one-process step of the same repetition
+(each turn's first step left out on both sides: the loop's starts from an idle loop).
 
 The data flywheel gets the matching measurement (`--parts data`, `data_job.py`): one call of the data
 lane (generate -> parse + score -> the kept-sample store's decision) on real actors, calls run one at a
@@ -244,7 +244,7 @@ def tables(report: common.Report, shape: grpo_job.JobShape, paired: dict[str, li
                 for v, runs in loops.items()}
     report.table(f"Seconds per GRPO step ({shape.prompts_per_step} prompts x {shape.group_size} completions of "
                  f"{shape.max_new_tokens} tokens, {shape.steps} timed steps per run of each, in turns of "
-                 f"{report.settings.get('block', '?')} steps; a loop turn's first step left out), overhead vs the "
+                 f"{report.settings.get('block', '?')} steps, each turn's first step left out), overhead vs the "
                  "one-process steps of the same repetition", ["loop", "s/step", "one process, paired", "overhead %"],
                  [[f"Ray loop, {v}", common.summarize([r.step_s for r in runs]).fmt(),
                    common.summarize([_step_s(p) for p in paired[v]]).fmt(), overhead[v].fmt()]
