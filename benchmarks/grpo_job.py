@@ -393,9 +393,13 @@ def ray_init(num_cpus: int = 4) -> None:
 
     import ray
 
+    from medgr2_ray.loop.runtime import keep_freed_memory, worker_malloc_env
+
+    keep_freed_memory()  # this process runs the one-process side: the workers' malloc settings here too
     here = str(Path(__file__).resolve().parent)
     env = {"PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           **worker_malloc_env()}
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, namespace="medgr2-bench",
              object_store_memory=1 << 30, _system_config=common.RAY_SYSTEM_CONFIG,
              runtime_env={"env_vars": env, "worker_process_setup_hook": "common.suppress_vision_tokens_on_import"})
@@ -423,8 +427,11 @@ def _overlap_side(side: str, shape: JobShape, policy_dir: Path, seed: int, barri
     from medgr2_ray.learner.policy import PolicyLearner
     from medgr2_ray.types import SamplingParams
 
+    from medgr2_ray.loop.runtime import keep_freed_memory
+
     common.single_thread()
     common.suppress_vision_tokens()
+    keep_freed_memory()  # as in the loop's workers
     cfg = job_config(shape, 0, seed)
     engine = HFEngine(policy_dir, cfg.policy, cfg.engine, seed=seed + 1000)
     sampling = SamplingParams(n=shape.group_size, temperature=cfg.grpo.temperature, max_new_tokens=shape.max_new_tokens)

@@ -48,11 +48,12 @@ def ray_cluster() -> Iterator[None]:
     """One real local Ray cluster for the whole test session (start-up costs ~5 s)."""
     import ray
 
-    from medgr2_ray.loop.runtime import lean_local_cluster
+    from medgr2_ray.loop.runtime import lean_local_cluster, worker_malloc_env
 
     if not ray.is_initialized():
-        lean_local_cluster()  # as `medgr2 run` starts its local cluster
-        ray.init(num_cpus=4, include_dashboard=False, namespace="medgr2-tests", log_to_driver=True)
+        lean_local_cluster()  # as `medgr2 run` starts its local cluster, its workers' malloc settings too
+        ray.init(num_cpus=4, include_dashboard=False, namespace="medgr2-tests", log_to_driver=True,
+                 runtime_env={"env_vars": worker_malloc_env()})
     yield
     ray.shutdown()
 

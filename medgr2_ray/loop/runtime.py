@@ -40,6 +40,41 @@ log = logging.getLogger(__name__)
 LOCAL_CLUSTER_ENV = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
+# glibc's malloc in the worker processes. A training step allocates and frees its activations and gradients
+# (tens of MB on the tiny models) every step; by default glibc hands much of that back to the kernel
+# (trimming the heap, unmapping large chunks) and the next step faults it in again, page by page. A Ray
+# Train learner runs in a thread of its worker, whose arena's heaps are 64 MB at most, so it churns the
+# most: 18-27k minor page faults and 32-44 ms of system time per GRPO step (~15% of the step) on the 2-core
+# machine, against 12-17k in the main thread of a plain process; with these settings 0-1, and the learner's
+# step 220-233 -> 188 ms (benchmarks/results/orchestration_overhead.md). One arena (threads share the
+# main heap, which has no such bound), chunks up to 32 MiB (glibc's most) from the heap, and up to 1 GiB of
+# freed memory kept at its top for the next step: a process's memory stays near its peak, which a
+# training step reaches again anyway. Applied to every worker; an environment that sets a key itself wins.
+WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+                     "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def worker_malloc_env() -> dict[str, str]:
+    """`WORKER_MALLOC_ENV` less the keys this process's environment sets (the user's value wins, and Ray
+    refuses a key that both a submitted job's runtime env and its driver's `ray.init` set)."""
+    return {k: v for k, v in WORKER_MALLOC_ENV.items() if k not in os.environ}
+
+
+def keep_freed_memory() -> bool:
+    """`WORKER_MALLOC_ENV`'s two thresholds for this process, now (`mallopt`; the arena count is read only
+    when a process starts, and one thread's own heap is not bounded). For work run in a process's main
+    thread, e.g. a benchmark's one-process baseline. False where the C library is not glibc."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, int(WORKER_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]))
+    return bool(ok and mallopt(_M_TRIM_THRESHOLD, int(WORKER_MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"])))
+
+
 def lean_local_cluster() -> None:
     """Settings for a Ray cluster this process is about to start (read by Ray's processes at start; a
     cluster that already runs keeps its own). The user's environment wins."""
@@ -79,12 +114,8 @@ def init_ray(cfg: Config, log_file: Path | None = None) -> str | None:
         check_reachable(address)  # ray.init would retry a dead address for minutes
     if ray.is_initialized():
         return _dashboard_url(None)
-    # Every worker: offline unless a hub model is named, quiet model loading, one tokenizer thread.
-    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "RAY_USAGE_STATS_ENABLED")}
-    env.update({"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
-                "PYTHONWARNINGS": "ignore::DeprecationWarning"})
     kwargs: dict[str, Any] = {"namespace": cfg.ray.namespace, "log_to_driver": True,
-                              "runtime_env": {"env_vars": env, "worker_process_setup_hook": quiet_worker_logs}}
+                              "runtime_env": {"env_vars": worker_env(), "worker_process_setup_hook": quiet_worker_logs}}
     sink = _driver_logs_to(log_file) if log_file is not None else None
     if address:
         context = ray.init(address=address, **kwargs)
@@ -96,6 +127,15 @@ def init_ray(cfg: Config, log_file: Path | None = None) -> str | None:
         _worker_logs_to(sink)
         _native_logs_to(sink)
     return _dashboard_url(context)
+
+
+def worker_env() -> dict[str, str]:
+    """Every worker's environment (`init_ray` sets HF_HUB_OFFLINE and RAY_USAGE_STATS_ENABLED here first):
+    offline unless a hub model is named, quiet model loading, one tokenizer thread, `worker_malloc_env`."""
+    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "RAY_USAGE_STATS_ENABLED")}
+    env.update({"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
+                "PYTHONWARNINGS": "ignore::DeprecationWarning", **worker_malloc_env()})
+    return env
 
 
 def _dashboard_url(context: Any) -> str | None:
