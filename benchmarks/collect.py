@@ -281,7 +281,7 @@ BENCHES = (
     Bench("vs_trl", "Against TRL's GRPOTrainer",
           "TRL 1.16 `GRPOTrainer` vs ours as a user runs it (the asynchronous Ray loop, max_staleness 1) and the "
           "in-process synchronous loop of the same parts, on the identical tiny VLM, prompts, reward, group size, "
-          "lengths, steps, optimizer and loss",
+          "lengths, steps, optimizer and loss (and glibc malloc settings: ours' workers' thresholds in TRL's process too)",
           "both run the same transformers kernels on one thread; the toy reward collapses onto plateaus that "
           "differ by seed", f"pip install -e '.[bench]'\n{PY}/vs_trl.py --seeds 3", common_format),
     Bench("engine_throughput", "Rollout engine throughput",
