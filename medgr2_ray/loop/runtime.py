@@ -46,7 +46,8 @@ LOCAL_CLUSTER_ENV = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "RAY_TRAIN_ENA
 # Train learner runs in a thread of its worker, whose arena's heaps are 64 MB at most, so it churns the
 # most: 18-27k minor page faults and 32-44 ms of system time per GRPO step (~15% of the step) on the 2-core
 # machine, against 12-17k in the main thread of a plain process; with these settings 0-1, and the learner's
-# step 220-233 -> 188 ms (benchmarks/results/orchestration_overhead.md). One arena (threads share the
+# `grpo_step` 220-233 -> 188 ms (timed inside the worker; orchestration_overhead.md's train hop went from
+# 229 ms, 15% above the one-process step's, to 177 ms, level with it). One arena (threads share the
 # main heap, which has no such bound), chunks up to 32 MiB (glibc's most) from the heap, and up to 1 GiB of
 # freed memory kept at its top for the next step: a process's memory stays near its peak, which a
 # training step reaches again anyway. Applied to every worker; an environment that sets a key itself wins.
