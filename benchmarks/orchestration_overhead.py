@@ -3,7 +3,7 @@ nothing overlaps, so every second above the work itself is orchestration) agains
 plain Python process without Ray (`grpo_job.run_plain`: generate -> score -> train -> export -> load),
 and where the difference goes, call by call. The hops cost about the same milliseconds whatever the step
 does, so their share depends on the step's length: the default completion length (48 tokens) gives
-~0.5 s steps here, the short end of the ~0.5-1 s the goal names, and `--tokens 96` (~1 s steps, its own
+~0.5 s steps here, the short end of the ~0.5-1 s the goal names, and `--tokens 96` (~0.8 s steps, its own
 page: `orchestration_overhead_96tok`, GRPO part only) the long end.
 
 The loop runs in several variants, side by side in one run, each adding one way of cutting hops:
