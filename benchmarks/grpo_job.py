@@ -128,14 +128,21 @@ def blocking_feed(on: bool) -> None:
     LearnerHost.start = start  # type: ignore[method-assign]
 
 
-def run_variant(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int, variant: str) -> "LoopRun":
-    """`run_loop` with one of `VARIANTS`."""
+@contextmanager
+def _variant(variant: str) -> Iterator[dict[str, Any]]:
+    """The loop overrides of one of `VARIANTS`, with its way of queueing learner items on meanwhile."""
     overrides, blocking = VARIANTS[variant]
     blocking_feed(blocking)
     try:
-        return run_loop(shape, max_staleness, policy_dir, seed, overrides)
+        yield overrides
     finally:
         blocking_feed(False)
+
+
+def run_variant(shape: JobShape, max_staleness: int, policy_dir: Path, seed: int, variant: str) -> "LoopRun":
+    """`run_loop` with one of `VARIANTS`."""
+    with _variant(variant) as overrides:
+        return run_loop(shape, max_staleness, policy_dir, seed, overrides)
 
 
 @dataclass
@@ -344,12 +351,10 @@ def run_interleaved(shape: JobShape, policy_dir: Path, seed: int, variant: str,
     """The synchronous loop (one of `VARIANTS`) and the one-process job in blocks of `block` steps that take
     turns (the loop first in even blocks), `shape.steps` steps each (module docstring). Both sides' step
     times leave out each block's first step; the loop's CPU counts its own blocks only."""
-    overrides, blocking = VARIANTS[variant]
     job, plain = PlainJob(shape, policy_dir, seed), PlainRun()
     for step in range(shape.warmup_steps):
         job.step(step)
-    blocking_feed(blocking)
-    try:
+    with _variant(variant) as overrides:
         with _loop_system(shape, 0, policy_dir, seed, overrides) as (system, controller):
             mark, procs = _Mark.of(controller), proc_cpu.ray_processes()
             cpu: dict[str, float] = defaultdict(float)
@@ -371,8 +376,6 @@ def run_interleaved(shape: JobShape, policy_dir: Path, seed: int, variant: str,
                     _plain_block(job, plain, done, k)
                 done += k
             run = _finish(shape, 0, system, controller, mark, wall, dict(cpu), frozenset(skip))
-    finally:
-        blocking_feed(False)
     run.step_times = kept
     return run, plain
 

@@ -351,9 +351,9 @@ def plot(report: common.Report, paired: dict[str, list[grpo_job.PlainRun]],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 timed steps, one repetition (results/quick/)")
+    parser.add_argument("--quick", action="store_true", help="4 timed steps, one repetition (results/quick/)")
     parser.add_argument("--cache", help="directory for the built model (default: a fresh temp dir)")
-    parser.add_argument("--reps", type=int, default=5, help="repetitions (plain, then every variant)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions (each variant in turns with the one-process job)")
     parser.add_argument("--tokens", type=int, default=48, help=f"completion length: the step's length (default {TOKENS}: ~0.5 s here; "
                         "another length writes its own page)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
