@@ -10,7 +10,10 @@ generation_config.json a checkpoint ships (Qwen's sets repetition penalties), an
 seedable RNG. The loop is a prefill over the left-padded prompts, then one token per step through
 the KV cache; a finished row keeps feeding padding, masked out, until the batch is done.
 
-Simplification: a request with n > 1 samples is prefilled n times (no prefix sharing).
+A request with n > 1 samples is encoded and prefilled once: its image goes through the image processor
+and the vision tower once, and its prompt's KV cache is copied to its n rows for decoding (as vLLM's
+prefix caching does for parallel sampling). GRPO's groups are exactly that, so generation costs about one
+prompt per group plus the decoding, not one per completion.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from medgr2_ray.config import EngineConfig, ModelConfig
 from medgr2_ray.engines.served import LoadStats, UnmergedLora, serve_tensors
 from medgr2_ray.models.loading import load_vlm
-from medgr2_ray.models.processing import VLMInputs, encode_prompts, forward_kwargs
+from medgr2_ray.models.processing import VLMInputs, distinct_requests, encode_prompts, forward_kwargs
 from medgr2_ray.sync.flat import unpack_tensors
 from medgr2_ray.types import FlatWeights, GenerationRequest, Rollout, SamplingParams
 
@@ -126,14 +129,16 @@ class HFEngine:
     def _generate_batch(
         self, rows: Sequence[tuple[GenerationRequest, int]], sampling: SamplingParams, generator: torch.Generator
     ) -> list[Rollout]:
-        inputs = self._to_device(encode_prompts(self.loaded, [request for request, _ in rows]))
-        states = self._decode(inputs, sampling, generator)
+        distinct, row_of = distinct_requests([request for request, _ in rows])
+        inputs = self._to_device(encode_prompts(self.loaded, distinct))
+        states = self._decode(inputs, row_of, sampling, generator)
+        prompt_ids = [tuple(inputs.row_token_ids(u)) for u in range(inputs.batch_size)]
         rollouts = []
         for b, ((request, index), state) in enumerate(zip(rows, states)):
             text = self.loaded.tokenizer.decode(state.tokens, skip_special_tokens=True)
             cut = _first_stop(text, sampling.stop)
             rollouts.append(Rollout(
-                request_id=request.request_id, index=index, prompt_token_ids=tuple(inputs.row_token_ids(b)),
+                request_id=request.request_id, index=index, prompt_token_ids=prompt_ids[row_of[b]],
                 completion_token_ids=tuple(state.tokens), text=text if cut is None else text[:cut],
                 logprobs=np.asarray(state.logprobs, dtype=np.float32), finish_reason=state.finish,
                 weight_version=self.weight_version,
@@ -141,16 +146,23 @@ class HFEngine:
         return rollouts
 
     @torch.no_grad()
-    def _decode(self, inputs: VLMInputs, sampling: SamplingParams, generator: torch.Generator) -> list[_Row]:
-        """Prefill, then sample token by token through the KV cache until every row is done."""
-        batch = inputs.batch_size
+    def _decode(
+        self, inputs: VLMInputs, row_of: Sequence[int], sampling: SamplingParams, generator: torch.Generator
+    ) -> list[_Row]:
+        """Prefill the distinct prompts, give row b the KV cache of prompt `row_of[b]`, then sample token by
+        token through the cache until every row is done."""
+        batch = len(row_of)
+        index = torch.tensor(list(row_of), dtype=torch.long, device=self.device)
+        out = self.model(**forward_kwargs(inputs), use_cache=True, logits_to_keep=1)
+        cache = getattr(out, self._cache_arg)
+        cache.batch_select_indices(index)
+        logits = out.logits[:, -1].index_select(0, index)
+        attention = inputs.attention_mask.index_select(0, index)
         # Completion tokens are text: their M-RoPE position continues from the prompt's largest one.
-        next_position = inputs.position_ids.amax(dim=(0, 2)) + 1
-        out = self.model(**forward_kwargs(inputs), use_cache=True)
-        attention = inputs.attention_mask
+        next_position = (inputs.position_ids.amax(dim=(0, 2)) + 1).index_select(0, index)
         states = [_Row() for _ in range(batch)]
         for step in range(sampling.max_new_tokens):
-            logp = processed_logprobs(out.logits[:, -1], sampling.temperature, sampling.top_k, sampling.top_p)
+            logp = processed_logprobs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
             if sampling.temperature <= 0:
                 tokens = logp.argmax(-1)
             else:
@@ -165,9 +177,9 @@ class HFEngine:
             feed = torch.where(done, torch.full_like(tokens, self._pad_id), tokens)
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
             positions = (next_position + step).view(1, batch, 1).expand(3, batch, 1)
-            cache = {self._cache_arg: getattr(out, self._cache_arg)}
             out = self.model(input_ids=feed[:, None], attention_mask=attention, position_ids=positions,
-                             use_cache=True, **cache)
+                             use_cache=True, **{self._cache_arg: cache})
+            cache, logits = getattr(out, self._cache_arg), out.logits[:, -1]
         return states
 
     def _advance(self, state: _Row, token: int, logprob: float, stop: Sequence[str]) -> None:

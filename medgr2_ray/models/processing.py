@@ -116,14 +116,43 @@ def _special_id(loaded: LoadedVLM, name: str, default_token: str) -> int:
     return int(value) if value is not None else int(loaded.tokenizer.convert_tokens_to_ids(default_token))
 
 
+def distinct_requests(requests: Sequence[GenerationRequest]) -> tuple[list[GenerationRequest], list[int]]:
+    """(each request object once, in first-seen order; for every input row, its index in that list).
+
+    A GRPO group is one request object repeated for each of its completions (and a request keeps its
+    identity through Ray's pickling within one message), so its image is processed and its chat template
+    tokenised once per batch, not once per completion: that was most of the encoding time of a step.
+    Identity, not equality: two equal prompts built separately are simply encoded twice.
+    """
+    first: dict[int, int] = {}
+    row_of = [first.setdefault(id(request), len(first)) for request in requests]
+    distinct = list({id(r): r for r in requests}.values())
+    return distinct, row_of
+
+
+def _repeat_images(
+    processed_pixels: torch.Tensor, grid: torch.Tensor, images_per_request: Sequence[int], row_of: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel values and grids of every row's images, in row order, from those of the distinct requests."""
+    patches = grid.prod(dim=1).tolist()
+    starts = np.concatenate([[0], np.cumsum(patches)]).astype(np.int64)
+    first_image = np.concatenate([[0], np.cumsum(images_per_request)]).astype(np.int64)
+    images = [img for u in row_of for img in range(first_image[u], first_image[u + 1])]
+    if images == list(range(len(patches))):
+        return processed_pixels, grid
+    index = torch.from_numpy(np.concatenate([np.arange(starts[i], starts[i + 1]) for i in images]))
+    return processed_pixels.index_select(0, index), grid[torch.tensor(images, dtype=torch.long)]
+
+
 def _prompt_ids(
     loaded: LoadedVLM, requests: Sequence[GenerationRequest]
 ) -> tuple[list[list[int]], torch.Tensor | None, torch.Tensor | None]:
     """Token ids per request with image tokens expanded, plus the batch's pixel values and grids."""
-    for request in requests:
+    distinct, row_of = distinct_requests(requests)
+    for request in distinct:
         if (problem := check_request(request)) is not None:
             raise ValueError(problem)
-    images = [_as_rgb(img, r.request_id) for r in requests for img in r.images]
+    images = [_as_rgb(img, r.request_id) for r in distinct for img in r.images]
     pixel_values = grid = None
     if images:
         processed = loaded.image_processor(images=images, return_tensors="pt")
@@ -132,7 +161,7 @@ def _prompt_ids(
     image_id = _special_id(loaded, "image_token_id", "<|image_pad|>")
     rows: list[list[int]] = []
     next_image = 0
-    for request in requests:
+    for request in distinct:
         ids = loaded.tokenizer(_chat_text(loaded, request), add_special_tokens=False)["input_ids"]
         if ids.count(image_id) != len(request.images):
             raise ValueError(f"request '{request.request_id}': the prompt holds {ids.count(image_id)} image "
@@ -146,7 +175,9 @@ def _prompt_ids(
             else:
                 expanded.append(token)
         rows.append(expanded)
-    return rows, pixel_values, grid
+    if pixel_values is not None and grid is not None:
+        pixel_values, grid = _repeat_images(pixel_values, grid, [len(r.images) for r in distinct], row_of)
+    return [list(rows[u]) for u in row_of], pixel_values, grid
 
 
 def vlm_core(model: torch.nn.Module) -> Any:

@@ -81,6 +81,22 @@ def test_batched_left_padding_equals_one_by_one(engine: HFEngine, requests: list
         assert a.prompt_token_ids == b.prompt_token_ids
 
 
+def test_shared_prompt_prefill_equals_one_prefill_per_sample(
+    engine: HFEngine, requests: list[GenerationRequest]
+) -> None:
+    # n samples of a request share one prefill (its KV cache copied to n rows); the same request passed
+    # n times as separate objects is prefilled n times. Same seed: same tokens, same log-probs.
+    sampling = SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seed=21)
+    shared = engine.generate(requests, sampling)
+    copies = [GenerationRequest(r.request_id, r.prompt, r.images, system=r.system) for r in requests for _ in range(3)]
+    separate = engine.generate(copies, SamplingParams(n=1, temperature=1.0, max_new_tokens=8, seed=21))
+    assert [r.completion_token_ids for r in shared] == [r.completion_token_ids for r in separate]
+    assert [r.prompt_token_ids for r in shared] == [r.prompt_token_ids for r in separate]
+    for a, b in zip(shared, separate):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+    assert len({r.completion_token_ids for r in shared[:3]}) > 1  # the copied caches are not aliased
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
 def test_behaviour_logprobs_equal_teacher_forced(
     engine: HFEngine, requests: list[GenerationRequest], temperature: float

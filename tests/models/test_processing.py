@@ -72,6 +72,32 @@ def test_padding_side_and_batching_do_not_change_logits(loaded: LoadedVLM, ct_im
     assert (b[-c.shape[0]:] - c).abs().max() < 1e-4
 
 
+def test_a_repeated_request_is_encoded_once_and_equals_separate_copies(
+    loaded: LoadedVLM, ct_image: np.ndarray
+) -> None:
+    # GRPO batches one request object once per completion: it is processed once, and the batch must be
+    # exactly what separately built equal requests give (pixels, grids, ids, positions), in row order.
+    requests = _requests(ct_image)
+    shared = [requests[2], requests[0], requests[2], requests[1], requests[0], requests[2]]
+    copies = [GenerationRequest(r.request_id, r.prompt, r.images, system=r.system) for r in shared]
+    a, b = encode_prompts(loaded, shared), encode_prompts(loaded, copies)
+    for field in ("input_ids", "attention_mask", "position_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    inputs, mask = encode_prompt_completions(loaded, shared, [[5, 6]] * 6)
+    ref, ref_mask = encode_prompt_completions(loaded, copies, [[5, 6]] * 6)
+    assert torch.equal(inputs.input_ids, ref.input_ids) and torch.equal(mask, ref_mask)
+    assert torch.equal(inputs.pixel_values, ref.pixel_values)
+    calls: list[int] = []
+    processor = loaded.image_processor
+    original = processor.__class__.__call__
+    try:
+        processor.__class__.__call__ = lambda self, images, **kw: calls.append(len(images)) or original(self, images=images, **kw)
+        encode_prompts(loaded, shared)
+    finally:
+        processor.__class__.__call__ = original
+    assert calls == [3]  # the two images of "two" and the one of "ct", once each
+
+
 def test_teacher_forcing_mask_and_logprobs(loaded: LoadedVLM, ct_image: np.ndarray) -> None:
     requests = _requests(ct_image)[:2]
     completions = [[5, 6, 7, 8], [9, 10]]
