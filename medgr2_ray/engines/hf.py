@@ -18,7 +18,6 @@ prompt per group plus the decoding, not one per completion.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ import torch
 from medgr2_ray.config import EngineConfig, ModelConfig
 from medgr2_ray.engines.served import LoadStats, UnmergedLora, serve_tensors
 from medgr2_ray.models.loading import load_vlm
+from medgr2_ray.models.logprobs import kv_cache_argument
 from medgr2_ray.models.processing import VLMInputs, distinct_requests, encode_prompts, forward_kwargs
 from medgr2_ray.sync.flat import unpack_tensors
 from medgr2_ray.types import FlatWeights, GenerationRequest, Rollout, SamplingParams
@@ -69,14 +69,6 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     finish: str = "length"
     done: bool = False
-
-
-def kv_cache_argument(model: torch.nn.Module) -> str:
-    """The name under which this transformers version's forward takes (and its output returns) the KV
-    cache: `cache` in recent 5.x releases, `past_key_values` before (5.17-5.22 among those the GPU
-    extras' vLLM allows): the decode loop works on both."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def _first_stop(text: str, stop: Sequence[str]) -> int | None:
@@ -130,7 +122,7 @@ class HFEngine:
         self, rows: Sequence[tuple[GenerationRequest, int]], sampling: SamplingParams, generator: torch.Generator
     ) -> list[Rollout]:
         distinct, row_of = distinct_requests([request for request, _ in rows])
-        inputs = self._to_device(encode_prompts(self.loaded, distinct))
+        inputs = encode_prompts(self.loaded, distinct).to(self.device)
         states = self._decode(inputs, row_of, sampling, generator)
         prompt_ids = [tuple(inputs.row_token_ids(u)) for u in range(inputs.batch_size)]
         rollouts = []
@@ -190,12 +182,6 @@ class HFEngine:
             state.finish, state.done = "stop", True
         elif stop and _first_stop(self.loaded.tokenizer.decode(state.tokens, skip_special_tokens=True), stop) is not None:
             state.finish, state.done = "stop", True
-
-    def _to_device(self, inputs: VLMInputs) -> VLMInputs:
-        if self.device.type == "cpu":
-            return inputs
-        move = lambda t: None if t is None else t.to(self.device)  # noqa: E731
-        return VLMInputs(*(move(getattr(inputs, f)) for f in VLMInputs.__dataclass_fields__))
 
     # ---- weights ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -23,13 +23,13 @@ import torch
 
 from medgr2_ray.config import ModelConfig
 from medgr2_ray.learner.microbatch import split_micro_batches
-from medgr2_ray.learner.trainer import inputs_to, select_device
+from medgr2_ray.learner.trainer import select_device
 from medgr2_ray.models.loading import LoadedVLM, load_vlm
-from medgr2_ray.models.logprobs import completion_logprobs
+from medgr2_ray.models.logprobs import shared_prompt_logprobs
 from medgr2_ray.models.processing import (
     check_request,
-    encode_prompt_completions,
     encode_prompts,
+    encode_shared_prompt_completions,
 )
 from medgr2_ray.models.reward_head import (
     HEAD_FILE,
@@ -54,14 +54,13 @@ def score_completion_rows(
     """Log-probs of given completion tokens under `model`, one float32 array per row, in micro-batches.
 
     The caller puts the model in eval mode and turns autograd off (a learner does it for the call only).
-    Rows are left-padded so every completion ends at the last position (`models/logprobs.py`).
+    A prompt shared by several rows (the same request object) is run once (`models/logprobs.py`).
     """
     out: list[np.ndarray] = []
     rows = list(zip(requests, completions))
     for batch in split_micro_batches(rows, micro_batch_size):
-        inputs, mask = encode_prompt_completions(loaded, [r for r, _ in batch], [c for _, c in batch],
-                                                 padding_side="left")
-        logprobs, _ = completion_logprobs(model, inputs_to(inputs, device), mask.to(device), temperature)
+        encoded = encode_shared_prompt_completions(loaded, [r for r, _ in batch], [c for _, c in batch])
+        logprobs, _ = shared_prompt_logprobs(model, encoded.to(device), temperature)
         out.extend(logprobs[i, : len(c)].float().cpu().numpy() for i, (_, c) in enumerate(batch))
     return out
 
@@ -84,12 +83,12 @@ def reward_forward(reward_model: RewardModel, model: torch.nn.Module, requests: 
     loaded = reward_model.loaded
     verdict = encode_verdicts(loaded, requests, eos_id) if reward_model.is_verifier else None
     if verdict is not None:
-        verdict = replace(verdict, inputs=inputs_to(verdict.inputs, device),
+        verdict = replace(verdict, inputs=verdict.inputs.to(device),
                           completion_mask=verdict.completion_mask.to(device),
                           answer_row=verdict.answer_row.to(device))
         if not regress:  # answering only: the rendered samples are not even encoded
             return model(None, verdict, verdict_only=True)
-    inputs = inputs_to(encode_prompts(loaded, requests, padding_side="left"), device)
+    inputs = encode_prompts(loaded, requests, padding_side="left").to(device)
     if verdict is None:  # a scalar head, or a padding batch with nothing to answer
         return model(inputs)
     return model(inputs, verdict)

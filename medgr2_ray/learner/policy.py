@@ -32,12 +32,17 @@ import torch
 from medgr2_ray.algo.advantages import filter_informative_groups, group_advantages
 from medgr2_ray.algo.losses import PolicyLossInputs, grpo_loss, loss_normalizer, sft_loss
 from medgr2_ray.config import GRPOConfig, LearnerConfig, ModelConfig
-from medgr2_ray.models.logprobs import completion_logprobs, forward_tail
+from medgr2_ray.models.logprobs import forward_tail, shared_prompt_logprobs
 from medgr2_ray.learner.inference import score_completion_rows, target_token_ids
 from medgr2_ray.learner.microbatch import global_sum, reduce_metrics, split_micro_batches, synced_micro_batch_count
-from medgr2_ray.learner.trainer import Trainer, inputs_to
+from medgr2_ray.learner.trainer import Trainer
 from medgr2_ray.models.loading import LoadedVLM, apply_lora, load_vlm
-from medgr2_ray.models.processing import check_request, encode_prompt_completions
+from medgr2_ray.models.processing import (
+    PromptCompletions,
+    check_request,
+    encode_prompt_completions,
+    encode_shared_prompt_completions,
+)
 from medgr2_ray.types import GenerationRequest, ScoredGroup, SFTExample
 
 
@@ -138,7 +143,11 @@ class PolicyLearner(Trainer):
     def _encode(self, requests: Sequence[GenerationRequest], completions: Sequence[Sequence[int]]):  # noqa: ANN202
         """Teacher-forcing inputs, left-padded so every completion ends at the last position."""
         inputs, mask = encode_prompt_completions(self.loaded, requests, completions, padding_side="left")
-        return inputs_to(inputs, self.device), mask.to(self.device)
+        return inputs.to(self.device), mask.to(self.device)
+
+    def _encode_shared(self, requests: Sequence[GenerationRequest], completions: Sequence[Sequence[int]]) -> PromptCompletions:
+        """Teacher-forcing inputs with each distinct prompt once (a group's completions share it)."""
+        return encode_shared_prompt_completions(self.loaded, requests, completions).to(self.device)
 
     def score_completions(
         self, requests: Sequence[GenerationRequest], completions: Sequence[Sequence[int]], temperature: float | None = None
@@ -188,28 +197,28 @@ class PolicyLearner(Trainer):
         counts["groups_trained"] += len(valid)
         return rows
 
-    def _ref_logprobs(self, inputs, mask: torch.Tensor) -> torch.Tensor | None:  # noqa: ANN001
+    def _ref_logprobs(self, batch: PromptCompletions) -> torch.Tensor | None:
         """Reference-policy log-probs for the KL penalty (None when kl_coef is 0)."""
         if self.grpo.kl_coef <= 0:
             return None
         with torch.no_grad():
             if self.lora:
                 with self.model.disable_adapter():
-                    return completion_logprobs(self.model, inputs, mask, self.grpo.temperature)[0]
+                    return shared_prompt_logprobs(self.model, batch, self.grpo.temperature)[0]
             assert self.ref_model is not None
-            return completion_logprobs(self.ref_model, inputs, mask, self.grpo.temperature)[0]
+            return shared_prompt_logprobs(self.ref_model, batch, self.grpo.temperature)[0]
 
     def _policy_micro_step(self, rows: Sequence[PolicyRow], normalizer: float, weight: float) -> dict[str, float]:
         """Forward + backward of one micro-batch; returns grpo_loss's metrics."""
-        inputs, mask = self._encode([r.request for r in rows], [r.completion for r in rows])
-        logprobs, entropy = completion_logprobs(self.strategy.module, inputs, mask, self.grpo.temperature)
+        batch = self._encode_shared([r.request for r in rows], [r.completion for r in rows])
+        logprobs, entropy = shared_prompt_logprobs(self.strategy.module, batch, self.grpo.temperature)
         old = torch.zeros_like(logprobs)
         token_mask = torch.zeros_like(logprobs)
         for i, row in enumerate(rows):
             old[i, : len(row.old_logprobs)] = torch.from_numpy(row.old_logprobs)
             token_mask[i, : len(row.completion)] = 1.0
         advantages = torch.tensor([r.advantage for r in rows], dtype=logprobs.dtype, device=logprobs.device)
-        inp = PolicyLossInputs(logprobs, old, advantages, token_mask, self._ref_logprobs(inputs, mask), entropy)
+        inp = PolicyLossInputs(logprobs, old, advantages, token_mask, self._ref_logprobs(batch), entropy)
         loss, metrics = grpo_loss(inp, self.grpo, normalizer)
         self.strategy.backward(loss * weight)
         return metrics

@@ -18,7 +18,6 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,6 @@ from medgr2_ray.checkpoint import (
 )
 from medgr2_ray.config import LearnerConfig
 from medgr2_ray.learner.strategy import Strategy, build_strategy
-from medgr2_ray.models.processing import VLMInputs
 from medgr2_ray.sync.flat import pack_tensors
 from medgr2_ray.types import FlatWeights
 
@@ -53,14 +51,6 @@ def select_device(local_rank: int) -> torch.device:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
-
-
-def inputs_to(inputs: VLMInputs, device: torch.device) -> VLMInputs:
-    """A copy of `inputs` with every tensor on `device` (no-op on the CPU)."""
-    if device.type == "cpu":
-        return inputs
-    moved = {f.name: getattr(inputs, f.name) for f in fields(inputs)}
-    return replace(inputs, **{k: v.to(device) for k, v in moved.items() if isinstance(v, torch.Tensor)})
 
 
 def _barrier() -> None:

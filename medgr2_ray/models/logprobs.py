@@ -13,15 +13,24 @@ log-softmax copy is kept beyond what autograd needs; the entropy (a metric) is c
 
 Output layout: compact [B, T] with T the longest completion; row i holds its n_i completion tokens in
 positions 0..n_i-1 (the same layout as `Rollout.logprobs`), zeros after.
+
+Shared prompts (`shared_prompt_logprobs`, what GRPO scores with): a group's G completions share one
+prompt, image included, and causal attention means the prompt's hidden states do not depend on what
+follows. So the distinct prompts are prefilled once, each row gets a copy of its prompt's KV cache
+(an index into the batch dimension: autograd sums the G copies' gradients back into the one prefill),
+and only the completion tokens run per row. The log-probs and gradients are those of the full
+teacher-forced forward (to float rounding: tests check it); the vision tower and the prompt's layers
+run once per group instead of once per completion, as the engine's prefill does.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 
-from medgr2_ray.models.processing import VLMInputs, forward_kwargs
+from medgr2_ray.models.processing import PromptCompletions, VLMInputs, forward_kwargs
 
 
 def completion_positions(completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +77,22 @@ def forward_tail(model: torch.nn.Module, inputs: VLMInputs, completion_mask: tor
     return TailLogits(logits=logits, start=start)
 
 
+def _token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logprobs, entropy) [B, T] of `targets` [B, T] under `logits` [B, T, V] (row b, slot t predicts
+    target t), zero where not `valid`. Gradients flow through the log-probs; the entropy carries none."""
+    scale = temperature if temperature > 0 else 1.0
+    scaled = logits.float() / scale
+    lse = torch.logsumexp(scaled, dim=-1)
+    logprobs = scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    with torch.no_grad():
+        probs = torch.softmax(scaled, dim=-1)
+        entropy = lse - (probs * scaled).sum(dim=-1)
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+    return torch.where(valid, logprobs, zero), torch.where(valid, entropy, zero)
+
+
 def completion_logprobs(
     model: torch.nn.Module, inputs: VLMInputs, completion_mask: torch.Tensor, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,15 +106,63 @@ def completion_logprobs(
         return empty, empty
     tail = forward_tail(model, inputs, completion_mask)
     logits = tail.logits
-    scale = temperature if temperature > 0 else 1.0
     index = (positions - 1 - tail.start).clamp(min=0)  # [B, T] into the kept window
     picked = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # [B, T, V]
-    scaled = picked.float() / scale
-    targets = inputs.input_ids.gather(1, positions)
-    lse = torch.logsumexp(scaled, dim=-1)
-    logprobs = scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-    with torch.no_grad():
-        probs = torch.softmax(scaled, dim=-1)
-        entropy = lse - (probs * scaled).sum(dim=-1)
-    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
-    return torch.where(valid, logprobs, zero), torch.where(valid, entropy, zero)
+    return _token_logprobs(picked, inputs.input_ids.gather(1, positions), valid, temperature)
+
+
+def kv_cache_argument(model: torch.nn.Module) -> str:
+    """The name under which this transformers version's forward takes (and its output returns) the KV
+    cache: `cache` in recent 5.x releases, `past_key_values` before (5.17-5.22 among those the GPU
+    extras' vLLM allows). Asked of the Hugging Face model itself, below a DeepSpeed engine or PEFT
+    wrapper (whose forwards take **kwargs and would hide the name)."""
+    inner = getattr(model, "module", model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    params = inspect.signature(inner.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _prefix(inputs: VLMInputs, end: int) -> VLMInputs:
+    """The first `end` positions of a batch (its images stay: their tokens lie in that window)."""
+    return VLMInputs(inputs.input_ids[:, :end], inputs.attention_mask[:, :end], inputs.position_ids[:, :, :end],
+                     inputs.mm_token_type_ids[:, :end], inputs.pixel_values, inputs.image_grid_thw)
+
+
+def shared_prompt_logits(model: torch.nn.Module, batch: PromptCompletions) -> torch.Tensor:
+    """Logits [B, T, V], slot t predicting completion token t of row b.
+
+    The distinct prompts but their last token are prefilled once; each row then runs [last prompt token,
+    completion tokens but the last] through a copy of its prompt's KV cache, so every logit it needs
+    comes out of that one forward. (The prompts are left-padded: their last token is the last position,
+    and it is text, the assistant header's end.)
+    """
+    prompts, row_of = batch.prompts, batch.row_of
+    length = prompts.input_ids.shape[1]
+    if length < 2:
+        raise ValueError("a prompt needs at least two tokens to be scored against")
+    cache_arg = kv_cache_argument(model)
+    out = model(**forward_kwargs(_prefix(prompts, length - 1)), use_cache=True, logits_to_keep=1)
+    cache = getattr(out, cache_arg)
+    cache.batch_select_indices(row_of)
+    width = batch.completion_ids.shape[1]
+    last = prompts.input_ids[:, -1:].index_select(0, row_of)
+    input_ids = torch.cat([last, batch.completion_ids[:, : width - 1]], dim=1)
+    attention = torch.cat([prompts.attention_mask.index_select(0, row_of),
+                           batch.completion_mask[:, : width - 1].to(prompts.attention_mask.dtype)], dim=1)
+    # The last prompt token keeps its position; completion tokens are text, whose M-RoPE positions
+    # continue from the prompt's largest one.
+    last_position = prompts.position_ids[:, :, -1:].index_select(1, row_of)
+    start = (prompts.position_ids.amax(dim=(0, 2)) + 1).index_select(0, row_of)
+    following = (start[:, None] + torch.arange(width - 1, device=start.device)[None, :]).unsqueeze(0).expand(3, -1, -1)
+    positions = torch.cat([last_position, following], dim=2)
+    rest = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                 **{cache_arg: cache})
+    return rest.logits
+
+
+def shared_prompt_logprobs(
+    model: torch.nn.Module, batch: PromptCompletions, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`completion_logprobs` for a `PromptCompletions` batch: each distinct prompt is run once."""
+    logits = shared_prompt_logits(model, batch)
+    return _token_logprobs(logits, batch.completion_ids, batch.completion_mask, temperature)

@@ -52,6 +52,13 @@ class VLMInputs:
         """The non-padding token ids of one row."""
         return self.input_ids[row][self.attention_mask[row].bool()].tolist()
 
+    def to(self, device: torch.device) -> VLMInputs:
+        """A copy with every tensor on `device` (no-op on the CPU)."""
+        if device.type == "cpu":
+            return self
+        moved = (getattr(self, f) for f in VLMInputs.__dataclass_fields__)
+        return VLMInputs(*(None if t is None else t.to(device) for t in moved))
+
 
 def forward_kwargs(inputs: VLMInputs) -> dict[str, Any]:
     """Keyword arguments for a Qwen2-VL-style model forward (positions explicit, images if any)."""
@@ -239,6 +246,51 @@ def encode_prompt_completions(
         end = length if padding_side == "left" else len(p) + len(c)
         completion_mask[i, end - len(c):end] = True
     return inputs, completion_mask
+
+
+@dataclass(frozen=True)
+class PromptCompletions:
+    """A teacher-forcing batch with each distinct prompt once: row b is prompt `row_of[b]` followed by
+    completion b. The prompts are left-padded (every one ends at the last prompt position), the
+    completions right-padded after them; scoring prefills the prompts once and runs the completions
+    through copies of their KV cache (`models/logprobs.shared_prompt_logprobs`)."""
+
+    prompts: VLMInputs  # (U, Lp): the distinct prompts, left-padded
+    row_of: torch.Tensor  # (B,) long: the prompt of each row
+    completion_ids: torch.Tensor  # (B, T) long: the completion tokens, right-padded with the pad id
+    completion_mask: torch.Tensor  # (B, T) bool: True on the completion tokens
+
+    def to(self, device: torch.device) -> PromptCompletions:
+        """A copy with every tensor on `device` (no-op on the CPU)."""
+        if device.type == "cpu":
+            return self
+        return PromptCompletions(self.prompts.to(device), self.row_of.to(device), self.completion_ids.to(device),
+                                 self.completion_mask.to(device))
+
+    def row_token_ids(self, row: int) -> list[int]:
+        """Prompt then completion token ids of one row, without padding."""
+        prompt = self.prompts.row_token_ids(int(self.row_of[row]))
+        return prompt + self.completion_ids[row][self.completion_mask[row]].tolist()
+
+
+def encode_shared_prompt_completions(
+    loaded: LoadedVLM, requests: Sequence[GenerationRequest], completion_token_ids: Sequence[Sequence[int]]
+) -> PromptCompletions:
+    """`PromptCompletions` for rows of (request, completion): one prompt per distinct request object
+    (a GRPO group's completions share one), exactly the prompt `encode_prompts` gives the engine."""
+    if len(requests) != len(completion_token_ids):
+        raise ValueError(f"{len(requests)} requests but {len(completion_token_ids)} completions")
+    if not requests or min(len(c) for c in completion_token_ids) < 1:
+        raise ValueError("every row needs at least one completion token to score")
+    distinct, row_of = distinct_requests(requests)
+    prompts = encode_prompts(loaded, distinct, padding_side="left")
+    width = max(len(c) for c in completion_token_ids)
+    ids = torch.full((len(requests), width), int(loaded.tokenizer.pad_token_id), dtype=torch.long)
+    mask = torch.zeros((len(requests), width), dtype=torch.bool)
+    for i, completion in enumerate(completion_token_ids):
+        ids[i, : len(completion)] = torch.tensor([int(t) for t in completion], dtype=torch.long)
+        mask[i, : len(completion)] = True
+    return PromptCompletions(prompts, torch.tensor(row_of, dtype=torch.long), ids, mask)
 
 
 def completion_logprobs(

@@ -16,11 +16,11 @@ import torch
 
 from medgr2_ray.config import EngineConfig, GRPOConfig, LearnerConfig, LoraConfig, ModelConfig
 from medgr2_ray.engines.hf import HFEngine
-from medgr2_ray.models.logprobs import completion_logprobs, completion_positions, forward_tail
+from medgr2_ray.models.logprobs import completion_logprobs, completion_positions, forward_tail, shared_prompt_logprobs
 from medgr2_ray.learner.policy import PolicyLearner
 from medgr2_ray.models.loading import load_vlm
 from medgr2_ray.models.processing import completion_logprobs as reference_logprobs
-from medgr2_ray.models.processing import encode_prompt_completions, forward_kwargs
+from medgr2_ray.models.processing import encode_prompt_completions, encode_shared_prompt_completions, forward_kwargs
 from medgr2_ray.types import GenerationRequest, SamplingParams, SFTExample
 
 TEMPERATURE = 0.8
@@ -87,6 +87,48 @@ def test_only_the_completion_window_gets_logits(tiny_dir: Path, mixed_requests: 
         assert torch.allclose(entropy[valid], ent_full.gather(1, (positions - 1).clamp(min=0))[valid], atol=1e-4)
         results[side] = logprobs
     assert torch.allclose(results["left"], results["right"], atol=1e-5)
+
+
+def test_shared_prompts_give_the_full_forwards_logprobs_and_gradients(
+    tiny_dir: Path, mixed_requests: list[GenerationRequest]
+) -> None:
+    # Three completions per request object (a GRPO group), ragged, in an interleaved order: one prefill
+    # per distinct prompt must give the log-probs, entropies and parameter gradients of one full
+    # teacher-forced forward per row.
+    loaded = load_vlm(tiny_dir)
+    model = loaded.model.eval()
+    order = [0, 1, 2, 0, 2, 1, 2, 0, 1]
+    requests = [mixed_requests[i] for i in order]
+    completions = [[700 + k] * (1 + (k * 5) % 7) for k in range(len(order))]
+    weights = torch.linspace(-1.0, 2.0, len(order))[:, None]
+
+    def grads(logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        (logprobs * weights).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    images_seen: list[int] = []
+    hook = model.model.visual.register_forward_hook(lambda m, args, kw, out: images_seen.append(len(kw["grid_thw"])),
+                                                    with_kwargs=True)
+    try:
+        shared = encode_shared_prompt_completions(loaded, requests, completions)
+        assert shared.prompts.batch_size == 3 and shared.row_of.tolist() == order
+        mine, mine_entropy = shared_prompt_logprobs(model, shared, TEMPERATURE)
+        mine_grads = grads(mine)
+        assert images_seen == [2]  # the two images of the distinct prompts, once
+        inputs, mask = encode_prompt_completions(loaded, requests, completions, padding_side="left")
+        ref, ref_entropy = completion_logprobs(model, inputs, mask, TEMPERATURE)
+        ref_grads = grads(ref)
+    finally:
+        hook.remove()
+    for i, row in enumerate(completions):  # the learner rebuilds the engine's sequence exactly
+        assert shared.row_token_ids(i) == inputs.row_token_ids(i)
+    assert mine.shape == ref.shape and (mine[~shared.completion_mask] == 0).all()
+    torch.testing.assert_close(mine, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mine_entropy, ref_entropy, atol=1e-5, rtol=0)
+    assert set(mine_grads) == set(ref_grads) and any(".visual." in n for n in mine_grads)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(mine_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_completion_mask_must_be_one_span_after_a_prompt() -> None:
