@@ -24,6 +24,11 @@ as every run's workers do) and this process, where TRL and the in-process loop r
 (`keep_freed_memory`). They are an allocator setting a TRL user can make too, and they made TRL's own run
 47% faster here (52.9 -> 77.8 samples/s), so the ratio is the systems', not the allocator's.
 
+One difference of the systems, not of the job: both of ours run each group's prompt (its image included)
+once, in generation (one prefill, its KV cache copied to the group's rows) and in the learner (one prefill
+per micro-batch's distinct prompt, `models/logprobs.shared_prompt_logprobs`, gradients equal to the full
+forward's); TRL's `model.generate` and its loss forward run the prompt once per completion.
+
 The reward (`letter_reward.py`): the share of non-space characters of the completion that are the correct
 option's letter (A for CT, B for MR), case-insensitive. Dense enough for a near-uniform tiny model to
 climb within tens of steps, and it depends on the image.
@@ -339,6 +344,8 @@ def tables(report: common.Report, res: dict[str, Any], job: Job, traces: list[Tr
                   "reward, last 5 steps"], rows)
     ratios = [[label[n], res[f"speedup_{n}"].fmt()] for n in ("ray", "ours") if f"speedup_{n}" in res]
     report.table("Ratio to TRL", ["ours", "samples/s / TRL's (per seed, same job)"], ratios)
+    report.notes.append("ours run each group's prompt (image included) once, in generation and in the learner; "
+                        "TRL runs it once per completion in both (module docstring)")
     stale = [s for t in traces if t.trainer == "ray" for s in t.staleness]
     if stale:
         report.notes.append(f"staleness of the Ray loop's trained groups: {np.bincount(stale).tolist()} (count per lag)")
