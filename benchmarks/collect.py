@@ -273,10 +273,10 @@ BENCHES = (
           "cores beside Ray's own processes; the noise is of the same order as the overhead",
           f"{PY}/orchestration_overhead.py --reps 5 --variants next",
           common_format),
-    Bench("orchestration_overhead_96tok", "Orchestration overhead of the Ray loop with 96-token completions (~0.8 s steps)",
-          "the same GRPO measurement with 96-token completions, the long end of the goal's ~0.5-1 s steps (the "
+    Bench("orchestration_overhead_128tok", "Orchestration overhead of the Ray loop with 128-token completions (~0.9 s steps)",
+          "the same GRPO measurement with 128-token completions, the long end of the goal's ~0.5-1 s steps (the "
           "page above is the short end): the hops cost about the same milliseconds, so their share falls as the step grows",
-          "as above", f"{PY}/orchestration_overhead.py --tokens 96 --parts grpo --reps 5 --variants next",
+          "as above", f"{PY}/orchestration_overhead.py --tokens 128 --parts grpo --reps 5 --variants next",
           common_format),
     Bench("vs_trl", "Against TRL's GRPOTrainer",
           "TRL 1.16 `GRPOTrainer` vs ours as a user runs it (the asynchronous Ray loop, max_staleness 1) and the "

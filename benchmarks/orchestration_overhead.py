@@ -2,9 +2,9 @@
 nothing overlaps, so every second above the work itself is orchestration) against the same steps in one
 plain Python process without Ray (`grpo_job.run_plain`: generate -> score -> train -> export -> load),
 and where the difference goes, call by call. The hops cost about the same milliseconds whatever the step
-does, so their share depends on the step's length: the default completion length (48 tokens) gives
-~0.5 s steps here, the short end of the ~0.5-1 s the goal names, and `--tokens 96` (~0.8 s steps, its own
-page: `orchestration_overhead_96tok`, GRPO part only) the long end.
+does, so their share depends on the step's length: the default completion length (64 tokens) gives
+~0.5 s steps here, the short end of the ~0.5-1 s the goal names, and `--tokens 128` (~0.9 s steps, its own
+page: `orchestration_overhead_128tok`, GRPO part only) the long end.
 
 The loop runs in several variants, side by side in one run, each adding one way of cutting hops:
 - `driver`: every call goes through the driver (generate, then score, then put, then take + learner
@@ -38,7 +38,7 @@ plain actor calls (each result back to the driver, or chained on refs) and as a 
 trivial work: the most a compiled graph could save per hop of the loop.
 
     .venv/bin/python benchmarks/orchestration_overhead.py [--quick] [--variants driver,ahead] [--parts grpo,data,graph]
-    .venv/bin/python benchmarks/orchestration_overhead.py --tokens 96 --parts grpo --variants next
+    .venv/bin/python benchmarks/orchestration_overhead.py --tokens 128 --parts grpo --variants next
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
 VARIANTS, blocking_feed = grpo_job.VARIANTS, grpo_job.blocking_feed
 DEFAULT = "next"  # the loop as it runs by default
 GOAL_PCT = 3.0
-TOKENS = 48  # the default completion length; any other length writes its own page (page_name)
+TOKENS = 64  # the default completion length; any other length writes its own page (page_name)
 
 DATA_VARIANTS: dict[str, dict[str, Any]] = {"driver": {"chain_calls": False}, "chain": {"chain_calls": True}}
 
@@ -354,7 +354,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 timed steps, one repetition (results/quick/)")
     parser.add_argument("--cache", help="directory for the built model (default: a fresh temp dir)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions (each variant in turns with the one-process job)")
-    parser.add_argument("--tokens", type=int, default=48, help=f"completion length: the step's length (default {TOKENS}: ~0.5 s here; "
+    parser.add_argument("--tokens", type=int, default=TOKENS, help=f"completion length: the step's length (default {TOKENS}: ~0.5 s here; "
                         "another length writes its own page)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
     parser.add_argument("--parts", default="grpo,data", help="grpo (the GRPO loop), data (the data flywheel's lane)")
