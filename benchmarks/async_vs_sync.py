@@ -7,7 +7,8 @@ Stage times come from the job run in one process (`grpo_job.run_plain`): generat
 export E, load L. Sync does them one after another; async runs the rollout actor (L + G per version),
 the scorer (S) and the learner (T + E) at the same time, so
     limit = (G + S + T + E + L) / max(G + L, S, T + E),
-and never more than the number of busy stages (2 here). The job's shape is chosen so G ~ T (balanced).
+and never more than the number of busy stages (2 here). The job's shape is chosen so G ~ T (balanced: 16
+prompts x 8 completions of 8 tokens; one prefill per prompt, generation is mostly decode steps).
 Goal: async/sync at >= 0.95 of that limit. That limit assumes two overlapping stages each run as fast as
 alone; what this machine gives them is measured beside it (`grpo_job.run_overlapped`: the rollout side
 and the learner side in two plain processes at once, no Ray, no hand-over), so
@@ -72,7 +73,7 @@ def cpu_bound(lim: dict[str, float], cpu_ms: dict[str, float], cores: int) -> di
 
 def run(args: argparse.Namespace) -> None:
     common.single_thread()
-    shape = grpo_job.JobShape(prompts_per_step=4, group_size=8, max_new_tokens=24, steps=3 if args.quick else 12,
+    shape = grpo_job.JobShape(prompts_per_step=16, group_size=8, max_new_tokens=8, steps=3 if args.quick else 12,
                               warmup_steps=1 if args.quick else 4, settle_s=0.0 if args.quick else 60.0)
     reps = 1 if args.quick else args.reps
     report = common.Report("async_vs_sync", args.quick, {"shape": shape.__dict__, "reps": reps,
