@@ -13,7 +13,10 @@ What it does for a batch of `GenerationRequest`s:
 4. M-RoPE positions computed explicitly with the model's own `get_rope_index`, and passed to every
    forward: generation then continues text positions from max(prompt position) + 1, exactly what a
    teacher-forced forward over prompt + completion computes. Without them Qwen2-VL falls back to
-   1-D positions and the log-probs are wrong.
+   1-D positions and the log-probs are wrong;
+5. a request object that several rows share (a GRPO group's completions) is encoded once
+   (`distinct_requests`); `encode_shared_prompt_completions` keeps it once for scoring, so the learner
+   runs it once too (`models/logprobs.shared_prompt_logprobs`).
 """
 
 from __future__ import annotations
