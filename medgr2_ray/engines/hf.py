@@ -150,8 +150,7 @@ class HFEngine:
         cache.batch_select_indices(index)
         logits = out.logits[:, -1].index_select(0, index)
         attention = inputs.attention_mask.index_select(0, index)
-        # Completion tokens are text: their M-RoPE position continues from the prompt's largest one.
-        next_position = (inputs.position_ids.amax(dim=(0, 2)) + 1).index_select(0, index)
+        next_position = inputs.next_text_position().index_select(0, index)
         states = [_Row() for _ in range(batch)]
         for step in range(sampling.max_new_tokens):
             logp = processed_logprobs(logits, sampling.temperature, sampling.top_k, sampling.top_p)

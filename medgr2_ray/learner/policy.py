@@ -145,10 +145,6 @@ class PolicyLearner(Trainer):
         inputs, mask = encode_prompt_completions(self.loaded, requests, completions, padding_side="left")
         return inputs.to(self.device), mask.to(self.device)
 
-    def _encode_shared(self, requests: Sequence[GenerationRequest], completions: Sequence[Sequence[int]]) -> PromptCompletions:
-        """Teacher-forcing inputs with each distinct prompt once (a group's completions share it)."""
-        return encode_shared_prompt_completions(self.loaded, requests, completions).to(self.device)
-
     def score_completions(
         self, requests: Sequence[GenerationRequest], completions: Sequence[Sequence[int]], temperature: float | None = None
     ) -> list[np.ndarray]:
@@ -210,13 +206,14 @@ class PolicyLearner(Trainer):
 
     def _policy_micro_step(self, rows: Sequence[PolicyRow], normalizer: float, weight: float) -> dict[str, float]:
         """Forward + backward of one micro-batch; returns grpo_loss's metrics."""
-        batch = self._encode_shared([r.request for r in rows], [r.completion for r in rows])
+        # A group's rows share one request object: its prompt is run once (models/logprobs.py).
+        batch = encode_shared_prompt_completions(self.loaded, [r.request for r in rows],
+                                                 [r.completion for r in rows]).to(self.device)
         logprobs, entropy = shared_prompt_logprobs(self.strategy.module, batch, self.grpo.temperature)
         old = torch.zeros_like(logprobs)
-        token_mask = torch.zeros_like(logprobs)
         for i, row in enumerate(rows):
             old[i, : len(row.old_logprobs)] = torch.from_numpy(row.old_logprobs)
-            token_mask[i, : len(row.completion)] = 1.0
+        token_mask = batch.completion_mask.to(logprobs.dtype)
         advantages = torch.tensor([r.advantage for r in rows], dtype=logprobs.dtype, device=logprobs.device)
         inp = PolicyLossInputs(logprobs, old, advantages, token_mask, self._ref_logprobs(batch), entropy)
         loss, metrics = grpo_loss(inp, self.grpo, normalizer)

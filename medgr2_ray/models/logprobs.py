@@ -149,10 +149,9 @@ def shared_prompt_logits(model: torch.nn.Module, batch: PromptCompletions) -> to
     input_ids = torch.cat([last, batch.completion_ids[:, : width - 1]], dim=1)
     attention = torch.cat([prompts.attention_mask.index_select(0, row_of),
                            batch.completion_mask[:, : width - 1].to(prompts.attention_mask.dtype)], dim=1)
-    # The last prompt token keeps its position; completion tokens are text, whose M-RoPE positions
-    # continue from the prompt's largest one.
+    # The last prompt token keeps its position; the completion's text positions continue after the prompt.
     last_position = prompts.position_ids[:, :, -1:].index_select(1, row_of)
-    start = (prompts.position_ids.amax(dim=(0, 2)) + 1).index_select(0, row_of)
+    start = prompts.next_text_position().index_select(0, row_of)
     following = (start[:, None] + torch.arange(width - 1, device=start.device)[None, :]).unsqueeze(0).expand(3, -1, -1)
     positions = torch.cat([last_position, following], dim=2)
     rest = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,

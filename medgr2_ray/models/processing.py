@@ -55,6 +55,11 @@ class VLMInputs:
         """The non-padding token ids of one row."""
         return self.input_ids[row][self.attention_mask[row].bool()].tolist()
 
+    def next_text_position(self) -> torch.Tensor:
+        """(B,) the M-RoPE position of the token after each row: text continues from the prompt's largest
+        position + 1, on all three axes (what a teacher-forced forward over prompt + completion computes)."""
+        return self.position_ids.amax(dim=(0, 2)) + 1
+
     def to(self, device: torch.device) -> VLMInputs:
         """A copy with every tensor on `device` (no-op on the CPU)."""
         if device.type == "cpu":
@@ -187,7 +192,7 @@ def _prompt_ids(
         rows.append(expanded)
     if pixel_values is not None and grid is not None:
         pixel_values, grid = _repeat_images(pixel_values, grid, [len(r.images) for r in distinct], row_of)
-    return [list(rows[u]) for u in row_of], pixel_values, grid
+    return [rows[u] for u in row_of], pixel_values, grid
 
 
 def vlm_core(model: torch.nn.Module) -> Any:
@@ -269,11 +274,6 @@ class PromptCompletions:
             return self
         return PromptCompletions(self.prompts.to(device), self.row_of.to(device), self.completion_ids.to(device),
                                  self.completion_mask.to(device))
-
-    def row_token_ids(self, row: int) -> list[int]:
-        """Prompt then completion token ids of one row, without padding."""
-        prompt = self.prompts.row_token_ids(int(self.row_of[row]))
-        return prompt + self.completion_ids[row][self.completion_mask[row]].tolist()
 
 
 def encode_shared_prompt_completions(

@@ -122,7 +122,7 @@ def test_shared_prompts_give_the_full_forwards_logprobs_and_gradients(
     finally:
         hook.remove()
     for i, row in enumerate(completions):  # the learner rebuilds the engine's sequence exactly
-        assert shared.row_token_ids(i) == inputs.row_token_ids(i)
+        assert shared.prompts.row_token_ids(order[i]) + row == inputs.row_token_ids(i)
     assert mine.shape == ref.shape and (mine[~shared.completion_mask] == 0).all()
     torch.testing.assert_close(mine, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(mine_entropy, ref_entropy, atol=1e-5, rtol=0)
