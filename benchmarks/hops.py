@@ -43,6 +43,24 @@ HOPS: tuple[tuple[str, str], ...] = (
     ("publish", "export + ray.put of the new weights"),
 )
 WORK = frozenset({"load weights", "generate", "score", "train", "publish"})
+# The one-way messages between processes that a synchronous step (the `next` variant) passes through in a
+# row, from the learner's report of one step to its get of the next step's batch, and whether the receiver
+# had been waiting for a large part of the step (100-450 ms at ~0.5 s steps) or was busy a moment before
+# (wake.py: a message to a process that waited costs several times more). Publishing and loading weights
+# go through the object store besides.
+SEQUENTIAL_MESSAGES: tuple[tuple[str, bool], ...] = (
+    ("learner -> feed: the step's report", True),
+    ("feed -> driver: the step's result (the reply to its call)", True),
+    ("driver -> rollout: the generate call, its dependency on the step now resolved", True),
+    ("rollout -> driver: the rollouts", True),
+    ("driver -> scorer: the score call with them", True),
+    ("scorer -> driver: the scored groups", False),
+    ("driver -> buffer: the put with them", True),
+    ("buffer -> driver: the put's receipt", False),
+    ("driver -> buffer: the take, its dependency on the put now resolved", False),
+    ("buffer -> driver: the batch", False),
+    ("driver -> learner: the batch (the answer to the learner's get)", True),
+)
 NAMES = tuple(name for name, _ in HOPS)
 
 
