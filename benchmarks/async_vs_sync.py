@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 import grpo_job  # noqa: E402
 import proc_cpu  # noqa: E402
+import wake  # noqa: E402
 from medgr2_ray.config import ModelConfig  # noqa: E402
 from medgr2_ray.models.tiny import ensure_model_dir  # noqa: E402
 
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
     variants = [v for v in args.variants.split(",") if v]
     if not variants or sorted(set(variants) - set(grpo_job.VARIANTS)):
         raise SystemExit(f"--variants: a comma-separated subset of {list(grpo_job.VARIANTS)}")
-    by_variant, plain, overlapped, idle = measure(shape, policy_dir, variants, reps)
+    by_variant, plain, overlapped, idle, per_call = measure(shape, policy_dir, variants, reps)
     lim = limits(plain)
     machine = [lim["sync_step_s"] / o.step_s() for o in overlapped]
     runs = by_variant[variants[-1]]  # the loop as it runs by default when "next" is last (it is by default)
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> None:
     proc_cpu.report_cpu(report, {label[k]: [r.trace.cpu_s for r in v] for k, v in runs.items()},
                         {label[k]: [r.steps for r in v] for k, v in runs.items()})
     proc_cpu.report_idle(report, idle)
+    report.data["call_cpu_ms"] = per_call
     report.data |= {"limits": lim, "plain": plain.__dict__, "overlapped": [o.__dict__ for o in overlapped],
                     "machine_limit": machine,
                     "runs": {str(k): [{**r.__dict__, "trace": None} for r in v] for k, v in runs.items()}}
@@ -125,10 +127,11 @@ def run(args: argparse.Namespace) -> None:
 
 def measure(shape: grpo_job.JobShape, policy_dir: Path, variants: list[str], reps: int
             ) -> tuple[dict[str, dict[int, list[grpo_job.LoopRun]]], grpo_job.PlainRun, list[grpo_job.OverlapRun],
-                       list[float]]:
+                       list[float], float]:
     """Per repetition: the job in one process (stage times), its two sides at once in two plain processes
     (the machine limit), then every variant sync and async through the Ray loop; last, what an idle Ray
-    actor costs in CPU here (ms per second, `proc_cpu.idle_actor_cpu`)."""
+    actor costs in CPU here (ms per second, `proc_cpu.idle_actor_cpu`) and what one call costs the actor that
+    waited for it (`wake.call_cpu_ms`)."""
     import ray
 
     grpo_job.ray_init()
@@ -148,9 +151,10 @@ def measure(shape: grpo_job.JobShape, policy_dir: Path, variants: list[str], rep
                 print(f"rep {rep} {variant} max_staleness={staleness}: {result.samples_per_s:.1f} samples/s, "
                       f"staleness {np.bincount(result.staleness).tolist() if result.staleness else []}", flush=True)
         idle = proc_cpu.idle_actor_cpu()
+        per_call = wake.call_cpu_ms()
     finally:
         ray.shutdown()
-    return by_variant, plain, overlapped, idle
+    return by_variant, plain, overlapped, idle, per_call
 
 
 def compare(report: common.Report, by_variant: dict[str, dict[int, list[grpo_job.LoopRun]]],
@@ -212,7 +216,17 @@ def _idle_note(data: dict[str, Any], step_s: float) -> str:
         return ""
     return (f" Of that other CPU, ~{cost.ms_per_step(step_s):.0f} ms per step is the cost of the processes' mere "
             f"presence: at least {cost.workers} Ray worker processes beside the two stages, each spending "
-            f"{cost.ms_per_s:.1f} ms of CPU per second idle (Ray's core worker checks for signals every 10 ms; table).")
+            f"{cost.ms_per_s:.1f} ms of CPU per second idle (Ray's core worker checks for signals every 10 ms; table)."
+            + _call_note(data))
+
+
+def _call_note(data: dict[str, Any]) -> str:
+    """What the rest of it is made of: calls to processes that waited ("" on a page without wake.py's measure)."""
+    if "call_cpu_ms" not in data:
+        return ""
+    return (f" The rest is calls: one trivial call costs the actor that waited for it {data['call_cpu_ms']:.1f} ms of "
+            "CPU here (wake.py: one call every 0.2 s, beyond its idle CPU), and each step's calls wake the scorer, the "
+            "buffer, the feed and the driver, several of them more than once.")
 
 
 def regoal() -> None:

@@ -7,6 +7,9 @@ with that wait: ~0.7 ms after 1 ms, ~2.7 ms after 128 ms (measured while writing
 CPUs going to sleep: two low-priority busy loops that kept both CPUs awake left it at 2.1-2.3 ms after
 50 ms (a throwaway test).
 
+The same wake costs CPU: a trivial call every 0.2 s costs its receiver ~3-4 ms of CPU beyond its idle
+CPU (`call_cpu_ms`), which on 2 cores is taken from the work when the stages overlap.
+
 A synchronous GRPO step passes through `hops.SEQUENTIAL_MESSAGES` in a row, most of them to a process
 that had waited 100-450 ms (the scorer, the buffer and the feed for almost all of the step). Counting
 those at the latency after a 64 ms wait, and the others at the one after 2 ms, gives a lower estimate of
@@ -63,6 +66,40 @@ def one_way_ms(wait_ms: tuple[int, ...] = WAIT_MS, calls: int = CALLS) -> dict[s
     finally:
         ray.kill(receiver)
     return out
+
+
+def call_cpu_ms(gap_s: float = 0.2, calls: int = 50) -> float:
+    """Milliseconds of CPU a trivial call costs the actor that receives it, one call every `gap_s` (so
+    the actor waited between them), beyond what the same actor spends idle over the same time (call after
+    `ray.init`). Over 50 calls Linux's 10 ms ticks resolve 0.2 ms per call."""
+    import psutil
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Receiver:
+        def pid(self) -> int:
+            import os
+
+            return os.getpid()
+
+        def hit(self) -> None:
+            return None
+
+    receiver = Receiver.remote()
+    try:
+        proc = psutil.Process(ray.get(receiver.pid.remote()))
+        time.sleep(2.0)  # past the start-up's imports
+        cpu = lambda: sum(proc.cpu_times()[:2])  # noqa: E731
+        before = cpu()
+        time.sleep(gap_s * calls)
+        idle = cpu() - before
+        before = cpu()
+        for _ in range(calls):
+            ray.get(receiver.hit.remote())
+            time.sleep(gap_s)
+        return 1000 * (cpu() - before - idle) / calls
+    finally:
+        ray.kill(receiver)
 
 
 @dataclass(frozen=True)
