@@ -310,8 +310,8 @@ def _idle_note(data: dict[str, Any], variant: str) -> str:
 
 
 def _wake_note(data: dict[str, Any]) -> str:
-    """The floor the step's messages in a row set at this machine's latencies ("" on a page without
-    wake.py's measurement)."""
+    """A lower estimate of what the step's messages in a row cost at this machine's latencies ("" on a page
+    without wake.py's measurement)."""
     if "wake_ms" not in data:
         return ""
     low = wake.floor(data["wake_ms"], hops.SEQUENTIAL_MESSAGES)

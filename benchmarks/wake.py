@@ -7,8 +7,9 @@ with that wait: ~0.7 ms after 1 ms, ~2.7 ms after 128 ms (measured while writing
 CPUs going to sleep: two low-priority busy loops that kept both CPUs awake left it at 2.1-2.3 ms after
 50 ms (a throwaway test).
 
-The same wake costs CPU: a trivial call every 0.2 s costs its receiver ~3-4 ms of CPU beyond its idle
-CPU (`call_cpu_ms`), which on 2 cores is taken from the work when the stages overlap.
+The same wake costs CPU: a trivial call every 0.2 s costs its receiver about 3 ms of CPU beyond its idle
+CPU (`call_cpu_ms`; 2.6-3.6 ms in the runs so far), which on 2 cores is taken from the work when the
+stages overlap.
 
 A synchronous GRPO step passes through `hops.SEQUENTIAL_MESSAGES` in a row, most of them to a process
 that had waited 100-450 ms (the scorer, the buffer and the feed for almost all of the step). Counting
